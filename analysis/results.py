@@ -1,0 +1,529 @@
+"""Load a sweep's results into one tidy table (one row per trial).
+
+Tidy table contract
+===================
+``python -m analysis RESULTS`` accepts either a Ray Tune experiment folder or a table file
+(``.parquet`` or ``.csv``) laid out as follows; ``DIR/trials.parquet`` and ``DIR/trials.csv``
+are written in the same layout.
+
+One row per trial. Columns:
+
+Config axes (every row; the grid the sweep ran):
+    ``model``    the model string the sweep used (hub id such as ``xlm-roberta-base``, or a
+                 local alias such as ``e5-small``); the paper's four get display names
+                 (distilmBERT, mBERT, XLM-R Base, XLM-R Large), others are shown as given.
+    ``task``     ``udpos`` | ``wikiann`` | ``xnli``.
+    ``realign``  ``none`` | ``before`` | ``joint``.
+    ``pairs``    ``dico`` | ``fastalign`` | ``awesome`` (source of word pairs for realignment
+                 and for the alignment evaluation).
+    ``corpus``   translation corpus name, e.g. ``opus100`` | ``multiun`` | ``ntrex``.
+    ``seed``     integer fine-tuning seed.
+Optional: ``trial_id``, ``git_commit``, ``status`` (Ray's trial status, e.g. TERMINATED/ERROR),
+and ``settings/{name}`` columns (Ray: ``config/settings/{name}``) for trial settings whose value
+differs between trials. Trials with the same axes but different settings are different
+conditions: e.g. NLI baselines fine-tuned 5 epochs (experiment 1) and 2 epochs (the controlled
+experiment, paper App. B.3).
+
+Metric columns (the names the trial reports, flattened with "/"):
+    ``score/{lang}``  task metric on that language's test set, ``en`` included, in [0, 1]
+                      (accuracy for udpos/xnli, entity F1 for wikiann).
+    ``ctl/{lang}``    cross-lingual transfer (score_lang - score_en) / score_en, target
+                      languages only (paper Eq. 1); filled from the scores when absent.
+    ``align/{stage}/{kind}/{direction}/{lang}/{layer}``  nearest-neighbour top-1 accuracy:
+                      stage ``pretrained`` | ``realigned`` | ``finetuned`` (``realigned`` only
+                      for realign=before), kind ``strong`` | ``weak``, direction ``en-x`` |
+                      ``x-en``, layer an integer 0..L (0 = embeddings).
+    ``num_layers``    L, the number of Transformer layers (inferred from the largest
+                      alignment layer when absent).
+Other reported values (``loss``, ``step``, ``epoch``...) are kept as they are.
+
+Conventions used by the tables: alignment "before fine-tuning" is stage ``pretrained`` (for
+realign=before trials stage ``realigned`` also exists), "after" is ``finetuned``. The last
+layer is ``num_layers``, the penultimate ``num_layers - 1``; depth counts from the last
+layer (0 = last, 1 = penultimate, ...).
+
+Ray Tune's result tables prefix config entries (``config/model``, nested
+``config/axes/model``) and may nest metrics under a prefix; :func:`tidy` removes those
+prefixes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import files
+
+# ---------------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------------
+CONFIG_AXES: tuple[str, ...] = ("model", "task", "realign", "pairs", "corpus", "seed")
+# Axes without which no table can be built; pairs/corpus may be absent in a baseline-only sweep.
+REQUIRED_AXES: tuple[str, ...] = ("model", "task", "realign", "seed")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("trial_id", "git_commit", "status")
+# Trial settings (Ray: config/settings/{name}) kept as settings/{name} when they differ between
+# trials: trials with equal axes but different settings are different conditions.
+SETTINGS_PREFIX = "settings"
+METRIC_ROOTS: tuple[str, ...] = ("score", "ctl", "align", "num_layers")
+
+REALIGN_METHODS: tuple[str, ...] = ("none", "before", "joint")
+PAIR_SOURCES: tuple[str, ...] = ("fastalign", "awesome", "dico")  # the paper's table order
+PAPER_TASKS: tuple[str, ...] = ("udpos", "wikiann", "xnli")
+PAPER_MODELS: tuple[str, ...] = (
+    "distilbert-base-multilingual-cased",
+    "bert-base-multilingual-cased",
+    "xlm-roberta-base",
+    "xlm-roberta-large",
+)
+PAPER_TARGET_LANGUAGES: tuple[str, ...] = ("ar", "es", "fr", "ru", "zh")
+PAPER_CORPORA: tuple[str, ...] = ("opus100", "multiun")
+PAPER_SEEDS_PER_CELL = 5  # Section 4: five seeds per model x task (x method)
+SOURCE_LANGUAGE = "en"
+
+STAGE_BEFORE = "pretrained"
+STAGE_REALIGNED = "realigned"
+STAGE_AFTER = "finetuned"
+
+MODEL_DISPLAY_NAMES: dict[str, str] = {
+    "distilbert-base-multilingual-cased": "distilmBERT",
+    "bert-base-multilingual-cased": "mBERT",
+    "xlm-roberta-base": "XLM-R Base",
+    "xlm-roberta-large": "XLM-R Large",
+}
+TASK_DISPLAY_NAMES: dict[str, str] = {"udpos": "POS", "wikiann": "NER", "xnli": "NLI"}
+
+# Values Ray Tune adds to every result; they are bookkeeping, not trial metrics.
+RAY_BOOKKEEPING_COLUMNS: frozenset[str] = frozenset(
+    {
+        "timestamp", "checkpoint_dir_name", "done", "training_iteration", "date",
+        "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip",
+        "time_since_restore", "iterations_since_restore", "experiment_tag", "logdir",
+        "should_checkpoint", "experiment_id", "episodes_total", "timesteps_total",
+        "timesteps_since_restore", "warmup_time",
+    }
+)
+
+ALIGN_PATTERN = re.compile(
+    r"^align/(?P<stage>[^/]+)/(?P<kind>strong|weak)/(?P<direction>en-x|x-en)/(?P<lang>[^/]+)/(?P<layer>\d+)$"
+)
+SCORE_PATTERN = re.compile(r"^score/(?P<lang>[^/]+)$")
+CTL_PATTERN = re.compile(r"^ctl/(?P<lang>[^/]+)$")
+# A score of 1 is perfect; allow float noise above it.
+SCORE_TOLERANCE = 1e-9
+TABLE_SUFFIXES: tuple[str, ...] = (".parquet", ".csv")
+RAY_STATE_GLOB = "experiment_state*.json"
+
+
+class ResultsError(ValueError):
+    """A bad RESULTS input; the message is one line naming the path and what was expected."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Display helpers
+# ---------------------------------------------------------------------------------------------
+def canonical_model(name: str) -> str:
+    """The paper's hub id when ``name`` denotes one of its four models (``FacebookAI/xlm-roberta-base``
+    or ``/models/xlm-roberta-base`` -> ``xlm-roberta-base``), else ``name`` unchanged."""
+    base = str(name).rstrip("/").split("/")[-1].lower()
+    return base if base in MODEL_DISPLAY_NAMES else str(name)
+
+
+def display_model(name: str) -> str:
+    """Display name of a model: the paper's names for its four models, else the name itself."""
+    return MODEL_DISPLAY_NAMES.get(canonical_model(name), str(name))
+
+
+def display_task(task: str) -> str:
+    """POS / NER / NLI for the paper's tasks, else the task name itself."""
+    return TASK_DISPLAY_NAMES.get(task, str(task))
+
+
+def normalised_name(name: Any) -> str:
+    """Lower-case alphanumerics only, so ``multiUN``, ``multi_un`` and ``multiun`` compare equal."""
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def ordered(values: Any, preferred: tuple[str, ...], key: Any = None) -> list:
+    """``values`` in ``preferred`` order first, then the others sorted (``key`` maps a value to
+    the name compared with ``preferred``)."""
+    key = key or (lambda v: v)
+    rank = {name: i for i, name in enumerate(preferred)}
+    unique = list(dict.fromkeys(v for v in values if not _is_missing(v)))
+    return sorted(unique, key=lambda v: (rank.get(key(v), len(rank)), str(v)))
+
+
+def model_order(models: Any) -> list[str]:
+    """Models in the paper's order (distilmBERT, mBERT, XLM-R Base, XLM-R Large), then others."""
+    return ordered(models, PAPER_MODELS, key=canonical_model)
+
+
+def language_order(langs: Any) -> list[str]:
+    """Target languages in the paper's order (ar, es, fr, ru, zh), then others sorted."""
+    return ordered([l for l in langs if l != SOURCE_LANGUAGE], PAPER_TARGET_LANGUAGES)
+
+
+def task_order(tasks: Any) -> list[str]:
+    """Tasks in the paper's order (POS, NER, NLI), then others."""
+    return ordered(tasks, PAPER_TASKS)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+# ---------------------------------------------------------------------------------------------
+# Column normalisation
+# ---------------------------------------------------------------------------------------------
+def _config_axis_name(column: str) -> str | None:
+    """``config/model`` -> ``model``; ``config/axes/model`` -> ``model``; other config -> None."""
+    parts = column.split("/")
+    if parts[0] != "config" or len(parts) < 2:
+        return None
+    wanted = CONFIG_AXES + OPTIONAL_COLUMNS
+    if "/".join(parts[1:]) in wanted:
+        return "/".join(parts[1:])
+    return parts[-1] if parts[-1] in wanted else None
+
+
+def _metric_name(column: str) -> str:
+    """Drop any prefix before the first metric root: ``metrics/score/en`` -> ``score/en``."""
+    parts = column.split("/")
+    for i, part in enumerate(parts):
+        if part in METRIC_ROOTS and (part != "num_layers" or i == len(parts) - 1):
+            return "/".join(parts[i:])
+    return column
+
+
+def normalise_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Rename Ray-style columns to the contract's names, drop Ray bookkeeping and non-axis
+    config entries. Plain columns win over prefixed duplicates (missing values filled from them)."""
+    renamed: dict[str, pd.Series] = {}
+    origins: dict[str, str] = {}
+    # Plain names first so they take precedence over config/... duplicates.
+    for column in sorted(frame.columns, key=lambda c: str(c).startswith("config/")):
+        name = str(column)
+        if name in RAY_BOOKKEEPING_COLUMNS:
+            continue
+        if name.startswith(f"config/{SETTINGS_PREFIX}/"):
+            target = name[len("config/"):]
+        elif name.startswith("config/"):
+            axis = _config_axis_name(name)
+            if axis is None:
+                continue
+            target = axis
+        else:
+            target = _metric_name(name)
+        series = frame[column]
+        if target in renamed:
+            if target in CONFIG_AXES and name.startswith("config/") and origins[target].startswith("config/"):
+                raise ResultsError(
+                    f"{source}: config axis '{target}' is ambiguous (both {origins[target]} and {name})"
+                )
+            renamed[target] = renamed[target].combine_first(series)
+        else:
+            renamed[target] = series
+            origins[target] = name
+    return pd.DataFrame(renamed, index=frame.index)
+
+
+def _natural_metric_key(column: str) -> tuple:
+    """Sort key: config, optional columns, num_layers, score, ctl, align (layers numerically)."""
+    if column in CONFIG_AXES:
+        return (0, CONFIG_AXES.index(column))
+    if column in OPTIONAL_COLUMNS:
+        return (1, OPTIONAL_COLUMNS.index(column))
+    if column.startswith(f"{SETTINGS_PREFIX}/"):
+        return (1.5, column)
+    if column == "num_layers":
+        return (2,)
+    if (m := SCORE_PATTERN.match(column)) is not None:
+        return (3, m["lang"] != SOURCE_LANGUAGE, m["lang"])
+    if (m := CTL_PATTERN.match(column)) is not None:
+        return (4, m["lang"])
+    if (m := ALIGN_PATTERN.match(column)) is not None:
+        return (5, m["stage"], m["kind"], m["direction"], m["lang"], int(m["layer"]))
+    return (6, column)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and derived columns
+# ---------------------------------------------------------------------------------------------
+def _check_choice(frame: pd.DataFrame, column: str, choices: tuple[str, ...], source: str) -> None:
+    for row, value in frame[column].items():
+        if _is_missing(value) or str(value) not in choices:
+            suggestion = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"; did you mean '{suggestion[0]}'?" if suggestion else ""
+            raise ResultsError(
+                f"{source}: row {row}: {column}={value!r} is not one of {', '.join(choices)}{hint}"
+            )
+
+
+def tidy(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Normalise column names, check the contract, derive ``ctl``/``num_layers`` where absent,
+    and order columns (axes, optional columns, metrics). ``source`` names the input in errors."""
+    frame = normalise_columns(frame, source)
+    missing_axes = [axis for axis in REQUIRED_AXES if axis not in frame.columns]
+    if missing_axes:
+        raise ResultsError(
+            f"{source}: missing config column(s) {', '.join(missing_axes)}; expected columns "
+            f"{', '.join(CONFIG_AXES)} plus score/..., ctl/..., align/... metrics"
+        )
+    frame = frame.reset_index(drop=True).copy()
+    for axis in ("pairs", "corpus"):
+        if axis not in frame.columns:
+            frame[axis] = np.nan
+    for axis in ("model", "task", "realign", "pairs", "corpus"):
+        frame[axis] = frame[axis].map(lambda v: np.nan if _is_missing(v) or str(v).strip() == "" else str(v).strip())
+    frame["realign"] = frame["realign"].map(lambda v: v.lower() if isinstance(v, str) else v)
+    _check_choice(frame, "realign", REALIGN_METHODS, source)
+    for axis in ("model", "task"):
+        empty = frame.index[frame[axis].isna()]
+        if len(empty):
+            raise ResultsError(f"{source}: row {empty[0]}: config column '{axis}' is empty")
+    seeds = pd.to_numeric(frame["seed"], errors="coerce")
+    if seeds.isna().any():
+        row = seeds.index[seeds.isna()][0]
+        raise ResultsError(f"{source}: row {row}: seed={frame['seed'][row]!r} is not an integer")
+    frame["seed"] = seeds.astype("int64")
+
+    frame = _keep_varying_settings(frame)
+    score_columns = [c for c in frame.columns if SCORE_PATTERN.match(c)]
+    for column in score_columns + [c for c in frame.columns if ALIGN_PATTERN.match(c)]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    for column in score_columns:
+        values = frame[column]
+        bad = values[(values > 1 + SCORE_TOLERANCE) | (values < 0)]
+        if len(bad):
+            raise ResultsError(
+                f"{source}: row {bad.index[0]}: {column}={bad.iloc[0]} is outside [0, 1] "
+                "(scores are fractions, not percentages)"
+            )
+    frame = _fill_ctl(frame)
+    frame = _fill_num_layers(frame)
+    # copy(): one contiguous block instead of the many columns added one by one above.
+    return frame[sorted(frame.columns, key=_natural_metric_key)].copy()
+
+
+def _keep_varying_settings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep ``settings/...`` columns whose value differs between trials (as scalars: lists and
+    dicts become JSON text); drop the constant ones."""
+    for column in [c for c in frame.columns if c.startswith(f"{SETTINGS_PREFIX}/")]:
+        values = frame[column].map(
+            lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else v
+        )
+        if values.astype(str).nunique(dropna=False) <= 1:
+            frame = frame.drop(columns=column)
+        else:
+            frame[column] = values
+    return frame
+
+
+def setting_columns(trials: pd.DataFrame) -> list[str]:
+    """The ``settings/...`` columns of a tidy table (settings that differ between trials)."""
+    return [c for c in trials.columns if c.startswith(f"{SETTINGS_PREFIX}/")]
+
+
+def condition_labels(trials: pd.DataFrame) -> pd.Series:
+    """Per trial, its settings that differ between trials as text (``epochs=2``), '' if none."""
+    columns = setting_columns(trials)
+    if not columns:
+        return pd.Series("", index=trials.index)
+    parts = [
+        trials[c].map(lambda v, name=c.split("/", 1)[1]: "" if _is_missing(v) else f"{name}={v}")
+        for c in columns
+    ]
+    return pd.concat(parts, axis=1).apply(lambda row: ", ".join(p for p in row if p), axis=1)
+
+
+def _fill_ctl(frame: pd.DataFrame) -> pd.DataFrame:
+    """CTL = (score_x - score_en) / score_en (paper Eq. 1) wherever the trial did not report it."""
+    source_column = f"score/{SOURCE_LANGUAGE}"
+    if source_column not in frame.columns:
+        return frame
+    english = frame[source_column].where(frame[source_column] > 0)
+    derived = {}
+    for column in frame.columns:
+        match = SCORE_PATTERN.match(column)
+        if match is None or match["lang"] == SOURCE_LANGUAGE:
+            continue
+        ctl_column = f"ctl/{match['lang']}"
+        computed = (frame[column] - english) / english
+        if ctl_column in frame.columns:
+            frame[ctl_column] = pd.to_numeric(frame[ctl_column], errors="coerce").fillna(computed)
+        else:
+            derived[ctl_column] = computed
+    if derived:
+        frame = pd.concat([frame, pd.DataFrame(derived, index=frame.index)], axis=1)
+    return frame
+
+
+def _fill_num_layers(frame: pd.DataFrame) -> pd.DataFrame:
+    """num_layers = largest alignment layer reported by the trial, where absent."""
+    align_columns = [c for c in frame.columns if ALIGN_PATTERN.match(c)]
+    if align_columns:
+        layers = np.array([int(ALIGN_PATTERN.match(c)["layer"]) for c in align_columns], dtype=float)
+        present = frame[align_columns].notna().to_numpy()
+        inferred = pd.Series(np.where(present, layers, -np.inf).max(axis=1), index=frame.index)
+        inferred = inferred.where(np.isfinite(inferred))
+    else:
+        inferred = pd.Series(np.nan, index=frame.index)
+    if "num_layers" in frame.columns:
+        frame["num_layers"] = pd.to_numeric(frame["num_layers"], errors="coerce").fillna(inferred)
+    else:
+        frame["num_layers"] = inferred
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------------
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_ray_experiment(path: Path) -> pd.DataFrame:
+    """Read a Ray Tune experiment folder through Ray's own result API (no trainable needed).
+
+    Each trial's row holds its config (as ``config/...``), its status, and every metric it
+    reported, taking for each metric the last value it reported: a trial may report its
+    pretrained alignment, its training losses and its final scores in different reports.
+    """
+    path = Path(path)
+    if not any(path.glob(RAY_STATE_GLOB)):
+        raise ResultsError(
+            f"{path}: not a Ray Tune experiment folder (no {RAY_STATE_GLOB}); expected an experiment "
+            "folder or a .parquet/.csv tidy table"
+        )
+    # Ray is imported here only: the rest of the package must work without it.
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(str(path))
+    except Exception as error:  # Ray raises various types for unreadable state
+        raise ResultsError(f"{path}: Ray could not read the experiment state ({type(error).__name__}: {error})") from error
+    histories = analysis.trial_dataframes
+    rows = []
+    for trial in analysis.trials:
+        row: dict[str, Any] = {}
+        history = histories.get(trial.trial_id)
+        if history is not None and len(history):
+            # Last reported value of each metric (NaN where a report did not include it).
+            row.update(history.ffill().iloc[-1].to_dict())
+        elif trial.last_result:
+            row.update(_flatten({k: v for k, v in trial.last_result.items() if k != "config"}))
+        # The trial's own config wins over the copy Ray writes into each result.
+        row.update({f"config/{k}": v for k, v in _flatten(dict(trial.config or {})).items()})
+        row["trial_id"] = trial.trial_id
+        row["status"] = trial.status
+        rows.append(row)
+    if not rows:
+        raise ResultsError(f"{path}: the Ray Tune experiment has no trials")
+    return pd.DataFrame(rows)
+
+
+def read_table_file(path: Path) -> pd.DataFrame:
+    """Read a tidy table from ``.parquet`` or ``.csv``."""
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except Exception as error:
+        raise ResultsError(f"{path}: could not be read as {path.suffix[1:]} ({type(error).__name__}: {error})") from error
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """The tidy trials table of RESULTS: a Ray Tune experiment folder or a .parquet/.csv table."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(
+            f"{path}: does not exist; expected a Ray Tune experiment folder or a .parquet/.csv tidy table"
+        )
+    if path.is_dir():
+        raw = read_ray_experiment(path)
+    elif path.suffix in TABLE_SUFFIXES:
+        raw = read_table_file(path)
+    else:
+        raise ResultsError(
+            f"{path}: unsupported file type '{path.suffix}'; expected a Ray Tune experiment folder "
+            "or a .parquet/.csv tidy table"
+        )
+    if raw.empty:
+        raise ResultsError(f"{path}: contains no trials")
+    return tidy(raw, str(path))
+
+
+def write_trials(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write ``trials.parquet`` and ``trials.csv`` into ``out_dir`` atomically."""
+    out_dir = Path(out_dir)
+    return [
+        files.write_parquet(out_dir / "trials.parquet", trials),
+        files.write_csv(out_dir / "trials.csv", trials),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Long views of the metrics
+# ---------------------------------------------------------------------------------------------
+TRIAL_KEYS: tuple[str, ...] = ("model", "task", "realign", "pairs", "corpus", "seed")
+
+
+def target_languages(trials: pd.DataFrame) -> list[str]:
+    """Target languages with a score, ctl or alignment column, in the paper's order."""
+    langs = set()
+    for column in trials.columns:
+        for pattern in (SCORE_PATTERN, CTL_PATTERN, ALIGN_PATTERN):
+            if (match := pattern.match(column)) is not None:
+                langs.add(match["lang"])
+    return language_order(langs)
+
+
+def _long(trials: pd.DataFrame, pattern: re.Pattern, value_name: str) -> pd.DataFrame:
+    """Melt the columns matching ``pattern`` into rows: trial (row index), the pattern's named
+    groups, the config axes, and ``value_name``; rows without a value are dropped."""
+    columns = [c for c in trials.columns if pattern.match(c)]
+    group_names = list(pattern.groupindex)
+    out_columns = ["trial", *TRIAL_KEYS, "condition", "num_layers", *group_names, value_name]
+    if not columns:
+        return pd.DataFrame(columns=out_columns)
+    parsed = pd.DataFrame([pattern.match(c).groupdict() for c in columns], index=pd.Index(columns, name="column"))
+    stacked = trials[columns].apply(pd.to_numeric, errors="coerce").stack().dropna()
+    stacked.index = stacked.index.set_names(["trial", "column"])
+    long = stacked.rename(value_name).reset_index().join(parsed, on="column").drop(columns="column")
+    context = trials[list(TRIAL_KEYS) + ["num_layers"]].assign(condition=condition_labels(trials))
+    long = long.join(context, on="trial")
+    return long[out_columns]
+
+
+def alignment_long(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial, stage, kind, direction, lang, layer) with the alignment ``value``
+    and ``depth`` = num_layers - layer (0 = last layer)."""
+    long = _long(trials, ALIGN_PATTERN, "value")
+    long["layer"] = long["layer"].astype("int64")
+    long["depth"] = (long["num_layers"] - long["layer"]).astype("int64")
+    return long
+
+
+def ctl_long(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial, target lang) with ``ctl``."""
+    long = _long(trials, CTL_PATTERN, "ctl")
+    return long[long["lang"] != SOURCE_LANGUAGE]
+
+
+def score_long(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial, lang) with ``score`` in [0, 1], English included."""
+    return _long(trials, SCORE_PATTERN, "score")

@@ -1,0 +1,247 @@
+"""Experiment files: plain data describing grids of trials, validated before Ray starts.
+
+An experiment file is a Python module that defines a module-level dict `EXPERIMENT` and does
+nothing else on import:
+
+    EXPERIMENT = dict(
+        name="my_sweep",
+        settings=dict(epochs=5, langs=["ar", "es"]),          # trainables.settings.Settings
+        models={"e5-small": dict(source="~/models/e5", env="E5_SMALL_PATH", gpu=0.25)},
+        grids=[
+            dict(model=["e5-small"], task=["udpos"], realign=["none", "before"],
+                 pairs=["dico"], corpus=["ntrex"], seed=[0, 1], settings=dict(epochs=2)),
+        ],
+    )
+
+A grid is the product of its six axes; the experiment is the union of its grids; trials that
+are the same run once (`none` ignores the pair source and corpus: its alignment is measured on
+the settings `eval_pairs` / `eval_corpus`, by default the first pair source and corpus of its grid).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from sweep.models import DEFAULT_LOCAL_GPU_SHARE, PAPER_MODELS, ModelSpec
+from trainables.settings import SETTING_NAMES, Settings, make_settings
+
+AXES: tuple[str, ...] = ("model", "task", "realign", "pairs", "corpus", "seed")
+EXPERIMENT_KEYS: tuple[str, ...] = ("name", "description", "settings", "models", "grids", "prepare")
+GRID_KEYS: tuple[str, ...] = AXES + ("settings",)
+MODEL_KEYS: tuple[str, ...] = ("source", "env", "gpu", "cpu")
+NO_REALIGNMENT = "none"
+
+
+class ExperimentError(ValueError):
+    """An experiment file, a setting or a trial axis is invalid: one line says which and why."""
+
+
+def did_you_mean(value: str, valid: Iterable[str]) -> str:
+    valid = [str(v) for v in valid]
+    close = difflib.get_close_matches(str(value), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{hint}; valid: {', '.join(valid)}"
+
+
+def check_keys(mapping: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
+    valid = tuple(valid)
+    for key in mapping:
+        if key not in valid:
+            raise ExperimentError(f"{where}: unknown key {key!r}{did_you_mean(key, valid)}")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the sweep; `config()` is what the trainable receives."""
+
+    model: str
+    task: str
+    realign: str
+    pairs: str
+    corpus: str
+    seed: int
+    settings: tuple[tuple[str, Any], ...]  # sorted (name, value) items overriding the defaults
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_{self.task}_{self.realign}_{self.pairs}_{self.corpus}_s{self.seed}"
+
+    def config(self, model: ModelSpec, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "model_source": model.source,
+            "task": self.task,
+            "realign": self.realign,
+            "pairs": self.pairs,
+            "corpus": self.corpus,
+            "seed": self.seed,
+            "settings": dict(self.settings),
+            **(extra or {}),
+        }
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    models: dict[str, ModelSpec]
+    trials: tuple[Trial, ...]  # deduplicated, in grid order
+    n_grid_points: int  # before deduplication
+    source: str = ""
+
+    def filtered(self, only: Mapping[str, str]) -> "Experiment":
+        """Trials whose axes match every KEY=VALUE of `only` (values compared as strings)."""
+        for key in only:
+            if key not in AXES:
+                raise ExperimentError(f"--only {key}=...: unknown axis{did_you_mean(key, AXES)}")
+        kept = tuple(t for t in self.trials if all(str(getattr(t, k)) == v for k, v in only.items()))
+        return Experiment(self.name, self.description, self.models, kept, self.n_grid_points, self.source)
+
+
+def load_experiment_file(path: str | os.PathLike) -> Mapping[str, Any]:
+    """Import an experiment file and return its EXPERIMENT dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"{path}: no such experiment file")
+    spec = importlib.util.spec_from_file_location(f"experiment_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the user's file: report where, in one line
+        raise ExperimentError(f"{path}: cannot be imported: {type(error).__name__}: {error}") from error
+    experiment = getattr(module, "EXPERIMENT", None)
+    if not isinstance(experiment, Mapping):
+        raise ExperimentError(f"{path}: must define a module-level dict EXPERIMENT")
+    return experiment
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _model_specs(models: Mapping[str, Any], where: str) -> dict[str, ModelSpec]:
+    specs = dict(PAPER_MODELS)
+    for name, entry in models.items():
+        if isinstance(entry, str):
+            entry = {"source": entry}
+        if not isinstance(entry, Mapping):
+            raise ExperimentError(f"{where}: models[{name!r}] must be a path string or a dict")
+        check_keys(entry, MODEL_KEYS, f"{where}: models[{name!r}]")
+        base = specs.get(name)
+        source = entry.get("source", base.source if base else None)
+        if entry.get("env") and os.environ.get(entry["env"]):
+            source = os.environ[entry["env"]]
+        if not source:
+            raise ExperimentError(f"{where}: models[{name!r}] needs a 'source' (hub id or local folder)")
+        source = os.path.expanduser(str(source))
+        if source.startswith("."):
+            source = str(Path(source).resolve())
+        specs[name] = ModelSpec(
+            name=name,
+            source=source,
+            gpu=float(entry.get("gpu", base.gpu if base else DEFAULT_LOCAL_GPU_SHARE)),
+            cpu=float(entry.get("cpu", base.cpu if base else 1.0)),
+        )
+    return specs
+
+
+def build_experiment(
+    raw: Mapping[str, Any], where: str = "experiment", overrides: Mapping[str, Any] | None = None
+) -> Experiment:
+    """Validate an EXPERIMENT dict and expand it into deduplicated trials.
+
+    `overrides` (from `--set KEY=VALUE`) replace settings everywhere, after the grids' own.
+    """
+    check_keys(raw, EXPERIMENT_KEYS, where)
+    if "grids" not in raw or not _as_list(raw["grids"]):
+        raise ExperimentError(f"{where}: needs a non-empty 'grids' list")
+    models = _model_specs(raw.get("models", {}), where)
+    base_settings = dict(raw.get("settings", {}))
+    overrides = dict(overrides or {})
+    for key in list(base_settings) + list(overrides):
+        if key not in SETTING_NAMES:
+            raise ExperimentError(f"{where}: settings: unknown key {key!r}{did_you_mean(key, SETTING_NAMES)}")
+    registries = axis_registries()
+    seen: dict[Trial, None] = {}
+    n_points = 0
+    for index, grid in enumerate(_as_list(raw["grids"])):
+        grid_where = f"{where}: grids[{index}]"
+        if not isinstance(grid, Mapping):
+            raise ExperimentError(f"{grid_where} must be a dict")
+        check_keys(grid, GRID_KEYS, grid_where)
+        for axis in AXES:
+            if axis not in grid:
+                raise ExperimentError(f"{grid_where}: missing axis {axis!r} (axes: {', '.join(AXES)})")
+        settings = {**base_settings, **dict(grid.get("settings", {})), **overrides}
+        for key in settings:
+            if key not in SETTING_NAMES:
+                raise ExperimentError(f"{grid_where}: settings: unknown key {key!r}{did_you_mean(key, SETTING_NAMES)}")
+        values = {axis: _as_list(grid[axis]) for axis in AXES}
+        for axis, valid in (("model", models), *registries.items()):
+            for value in values[axis]:
+                if axis == "corpus":
+                    continue  # corpora are open-ended (any local folder): checked with the data
+                if value not in valid:
+                    raise ExperimentError(f"{grid_where}: unknown {axis} {value!r}{did_you_mean(value, valid)}")
+        for seed in values["seed"]:
+            if not isinstance(seed, int):
+                raise ExperimentError(f"{grid_where}: seed {seed!r} is not an integer")
+        try:
+            checked = make_settings(settings)
+        except (TypeError, ValueError) as error:
+            raise ExperimentError(f"{grid_where}: settings: {error}") from error
+        _check_langs(checked, grid_where)
+        for model, task, realign, pairs, corpus, seed in itertools.product(*(values[a] for a in AXES)):
+            n_points += 1
+            if realign == NO_REALIGNMENT:  # no realignment: the pairs only measure alignment
+                pairs = checked.eval_pairs or values["pairs"][0]
+                corpus = checked.eval_corpus or values["corpus"][0]
+            trial = Trial(model, task, realign, pairs, corpus, seed, tuple(sorted(_freeze(settings).items())))
+            seen.setdefault(trial, None)
+    name = str(raw.get("name", "experiment"))
+    return Experiment(name, str(raw.get("description", "")), models, tuple(seen), n_points, where)
+
+
+PATH_SETTINGS = ("data_dir", "cache_dir", "awesome_model")  # made absolute: trials run in their own folders
+
+
+def _freeze(settings: Mapping[str, Any]) -> dict[str, Any]:
+    frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    for key in PATH_SETTINGS:
+        value = frozen.get(key)
+        if isinstance(value, str) and value.startswith(("~", ".", "/")):
+            frozen[key] = str(Path(value).expanduser().resolve())
+    return frozen
+
+
+def _check_langs(settings: Settings, where: str) -> None:
+    from trainables.data import LANGUAGES
+
+    for lang in settings.langs:
+        if lang not in LANGUAGES or lang == "en":
+            valid = [l for l in LANGUAGES if l != "en"]
+            raise ExperimentError(f"{where}: settings: unknown target language {lang!r}{did_you_mean(lang, valid)}")
+
+
+def axis_registries() -> dict[str, Iterable[str]]:
+    """The valid names of each axis, from the science's own registries."""
+    from trainables.pairs import PAIR_SOURCES
+    from trainables.realignment import REALIGN_METHODS
+    from trainables.tasks import TASKS
+
+    return {"task": TASKS, "realign": REALIGN_METHODS, "pairs": PAIR_SOURCES, "corpus": ()}
+
+
+def load_experiment(
+    path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, only: Mapping[str, str] | None = None
+) -> Experiment:
+    experiment = build_experiment(load_experiment_file(path), where=str(path), overrides=overrides)
+    experiment = Experiment(experiment.name, experiment.description, experiment.models, experiment.trials,
+                            experiment.n_grid_points, str(path))
+    return experiment.filtered(only) if only else experiment

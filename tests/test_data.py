@@ -1,0 +1,352 @@
+"""Data sources (trainables/data.py) and the disk cache (trainables/cache.py).
+
+Real files from ../shared/data where the formats matter (counts from its README); hand-made
+files for parsing rules; no network: remote fetchers are replaced or forbidden.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from trainables import data
+from trainables.cache import atomic_save, cache_key, cached
+from trainables.data import (
+    NLI_LABELS,
+    UPOS_TAGS,
+    WIKIANN_TAGS,
+    DataSourceError,
+    Subset,
+    check_available,
+    describe_missing,
+    load_dictionary,
+    load_parallel,
+    load_task_split,
+    resolve_cache_dir,
+    resolve_data_dir,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TARGETS = ["ar", "es", "fr", "ru", "zh"]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to reach a remote fails the test loudly."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a test tried to load data remotely")
+
+    monkeypatch.setattr(data, "_download", forbidden)
+    monkeypatch.setattr(data, "_hub_rows", forbidden)
+    for name in (data.DATA_DIR_ENV, data.CACHE_DIR_ENV, data.OFFLINE_ENV, *data.HUB_OFFLINE_ENVS):
+        monkeypatch.delenv(name, raising=False)
+
+
+# --- real data: counts from ../shared/data/README.md ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "task, split, lang, count",
+    [
+        ("udpos", "train", "en", 12_544),
+        ("udpos", "test", "es", 427),
+        ("udpos", "test", "ar", 680),
+        ("udpos", "test", "zh", 500),
+        ("wikiann", "test", "ru", 10_000),
+        ("xnli", "train", "en", 8_999),  # the MultiNLI sample
+        ("xnli", "test", "fr", 5_010),
+    ],
+)
+def test_real_split_counts_and_labels(task, split, lang, count):
+    examples = load_task_split(task, split, lang, data_dir=SHARED_DATA)
+    assert len(examples) == count
+    if task == "xnli":
+        assert {e["label"] for e in examples} == set(NLI_LABELS)
+        assert all(e["premise"] and e["hypothesis"] for e in examples)
+    else:
+        tags = UPOS_TAGS if task == "udpos" else set(WIKIANN_TAGS)
+        labels = {label for e in examples for label in e["labels"]}
+        assert labels <= tags and len(labels) > 5
+        assert all(len(e["words"]) == len(e["labels"]) > 0 for e in examples)
+
+
+def test_ud_multiword_tokens_are_replaced_by_their_words():
+    # es_gsd test has range lines such as "6-7 del": only the syntactic words "de" "el" remain.
+    examples = load_task_split("udpos", "test", "es", data_dir=SHARED_DATA)
+    words = [w for e in examples for w in e["words"]]
+    assert "del" not in words and "de" in words and "el" in words
+
+
+def test_real_parallel_and_dictionary():
+    pairs = load_parallel("ntrex", "es", data_dir=SHARED_DATA)
+    assert len(pairs) == 1_997
+    first_en = (SHARED_DATA / "parallel/ntrex/en-es.en").read_text(encoding="utf-8").split("\n")[0]
+    assert pairs[0][0] == first_en  # English first
+    en_to_es = load_dictionary("en", "es", data_dir=SHARED_DATA)
+    assert {"perro", "perros"} <= en_to_es["dog"]
+
+
+# --- hand-made files: parsing rules ---------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def test_conllu_skips_ranges_and_empty_nodes(tmp_path):
+    write(
+        tmp_path / "ud/es_gsd-ud-test.conllu",
+        """
+        # sent_id = s1
+        1-2\tdel\t_\t_\t_\t_\t_\t_\t_\t_
+        1\tde\tde\tADP\t_\t_\t3\tcase\t_\t_
+        2\tel\tel\tDET\t_\t_\t3\tdet\t_\t_
+        2.1\tfue\tser\tAUX\t_\t_\t_\t_\t3:cop\t_
+        3\tcampo\tcampo\tNOUN\t_\t_\t0\troot\t_\t_
+
+        """,
+    )
+    examples = load_task_split("udpos", "test", "es", data_dir=tmp_path)
+    assert examples == [{"words": ["de", "el", "campo"], "labels": ["ADP", "DET", "NOUN"]}]
+
+
+def test_wikiann_language_prefix_is_stripped(tmp_path):
+    write(tmp_path / "wikiann/test-fr.tsv", "fr:Paris\tB-LOC\nfr:est\tO\n\nLyon\tB-LOC\n")
+    examples = load_task_split("wikiann", "test", "fr", data_dir=tmp_path)
+    assert examples == [
+        {"words": ["Paris", "est"], "labels": ["B-LOC", "O"]},
+        {"words": ["Lyon"], "labels": ["B-LOC"]},
+    ]
+
+
+def test_nli_header_skipped_and_bad_label_named(tmp_path):
+    write(tmp_path / "xnli/test-es.tsv", "premise\thypothesis\tlabel\nA\tB\tneutral\n")
+    assert load_task_split("xnli", "test", "es", data_dir=tmp_path) == [
+        {"premise": "A", "hypothesis": "B", "label": "neutral"}
+    ]
+    write(tmp_path / "xnli/test-fr.tsv", "A\tB\tneutral\nC\tD\tmaybe\n")
+    with pytest.raises(DataSourceError, match=r"test-fr\.tsv:2: label 'maybe'"):
+        load_task_split("xnli", "test", "fr", data_dir=tmp_path)
+
+
+def test_dictionary_merges_both_files_and_both_separators(tmp_path):
+    write(tmp_path / "muse/en-xx.txt", "dog\tperro\ncat gato\n")
+    write(tmp_path / "muse/xx-en.txt", "perro\thound\nminino\tcat\n")
+    assert load_dictionary("en", "xx", data_dir=tmp_path) == {
+        "dog": frozenset({"perro"}),
+        "cat": frozenset({"gato", "minino"}),
+        "hound": frozenset({"perro"}),
+    }
+    assert load_dictionary("xx", "en", data_dir=tmp_path) == {
+        "perro": frozenset({"dog", "hound"}),
+        "gato": frozenset({"cat"}),
+        "minino": frozenset({"cat"}),
+    }
+
+
+def test_parallel_files_must_be_line_aligned(tmp_path):
+    write(tmp_path / "parallel/mine/en-es.en", "one\ntwo\n")
+    write(tmp_path / "parallel/mine/en-es.es", "uno\n")
+    with pytest.raises(DataSourceError, match="2 lines.*has 1"):
+        load_parallel("mine", "es", data_dir=tmp_path)
+
+
+def test_local_corpus_comes_first_even_for_registered_names(tmp_path):
+    write(tmp_path / "parallel/opus100/en-es.en", "hello\n")
+    write(tmp_path / "parallel/opus100/en-es.es", "hola\n")
+    assert load_parallel("opus100", "es", data_dir=tmp_path) == [("hello", "hola")]
+
+
+# --- errors --------------------------------------------------------------------------------------------
+
+
+def test_missing_file_offline_is_one_line_naming_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEP_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as caught:
+        load_task_split("udpos", "test", "es", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert isinstance(caught.value, DataSourceError)
+    assert "\n" not in message
+    assert str(tmp_path / "ud/es_gsd-ud-test.conllu") in message
+    assert "CoNLL-U" in message and "SWEEP_OFFLINE=1" in message
+
+
+def test_hub_offline_flag_is_honoured(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataSourceError, match="HF_HUB_OFFLINE=1"):
+        load_parallel("opus100", "es", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_failed_download_names_file_and_url(tmp_path, monkeypatch):
+    def unreachable(url, dest):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(data, "_download", unreachable)
+    with pytest.raises(DataSourceError) as caught:
+        load_dictionary("en", "es", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert str(tmp_path / "muse/en-es.txt") in message
+    assert "https://dl.fbaipublicfiles.com/arrival/dictionaries/en-es.txt" in message
+    assert "no route to host" in message and "\n" not in message
+    assert not list((tmp_path / "cache").rglob("*.parquet"))  # nothing cached on failure
+
+
+def test_hub_result_is_converted_and_cached(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_hub(dataset_id, config, split, limit):
+        calls.append((dataset_id, config, split))
+        return [{"tokens": ["Ana", "vit"], "ner_tags": [1, 0]}]  # 1 = B-PER in the hub's order
+
+    monkeypatch.setattr(data, "_hub_rows", fake_hub)
+    first = load_task_split("wikiann", "dev", "es", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert first == [{"words": ["Ana", "vit"], "labels": ["B-PER", "O"]}]
+    assert calls == [("unimelb-nlp/wikiann", "es", "validation")]
+    monkeypatch.setenv("SWEEP_OFFLINE", "1")  # the cached copy needs no remote
+    again = load_task_split("wikiann", "dev", "es", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert again == first and len(calls) == 1
+
+
+def test_first_subset_streams_only_what_it_needs(tmp_path, monkeypatch):
+    seen_limits = []
+
+    def fake_hub(dataset_id, config, split, limit):
+        seen_limits.append((config, limit))
+        return [{"translation": {"en": f"e{i}", "ar": f"a{i}"}} for i in range(limit)]
+
+    monkeypatch.setattr(data, "_hub_rows", fake_hub)
+    pairs = load_parallel("multiun", "ar", data_dir=tmp_path, cache_dir=tmp_path / "c", subset=Subset(3))
+    assert pairs == [("e0", "a0"), ("e1", "a1"), ("e2", "a2")]
+    assert seen_limits == [("ar-en", 3)]
+
+
+def test_unknown_names_suggest_close_ones():
+    with pytest.raises(ValueError, match="did you mean 'wikiann'"):
+        load_task_split("wikian", "test", "en")
+    with pytest.raises(DataSourceError, match="did you mean 'ntrex'"):
+        load_parallel("ntrx", "es", data_dir=SHARED_DATA)
+    with pytest.raises(ValueError, match="MultiNLI is English only"):
+        load_task_split("xnli", "train", "fr", data_dir=SHARED_DATA)
+
+
+def test_preflight_descriptions(tmp_path, monkeypatch):
+    for kind, name in [("task", "udpos"), ("task", "wikiann"), ("task", "xnli"), ("parallel", "ntrex"), ("dictionary", "muse")]:
+        assert describe_missing(kind, name, TARGETS, SHARED_DATA) == []
+    monkeypatch.setenv("SWEEP_OFFLINE", "1")
+    missing = describe_missing("task", "udpos", ["ar"], tmp_path, tmp_path / "cache")
+    assert len(missing) == 4  # en train, en dev, en test, ar test
+    assert any(str(tmp_path / "ud/ar_padt-ud-test.conllu") in line for line in missing)
+    with pytest.raises(DataSourceError, match="2 data file"):
+        check_available("dictionary", "muse", ["es"], tmp_path, tmp_path / "cache")
+    assert "did you mean 'ntrex'" in describe_missing("parallel", "ntrx", ["es"], SHARED_DATA)[0]
+
+
+# --- settings and subsets -------------------------------------------------------------------------
+
+
+def test_directories_from_settings_then_environment(monkeypatch, tmp_path):
+    assert resolve_data_dir(None) is None
+    assert resolve_cache_dir(None) == Path("~/.cache/alignment-sweep").expanduser()
+    monkeypatch.setenv("SWEEP_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("SWEEP_CACHE_DIR", str(tmp_path / "c"))
+    assert resolve_data_dir(None) == tmp_path / "d"
+    assert resolve_cache_dir(None) == tmp_path / "c"
+    assert resolve_data_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_subsets_are_deterministic():
+    items = list(range(100))
+    assert Subset(3).apply(items) == [0, 1, 2]
+    assert Subset(None).apply(items) == items
+    assert Subset(500, "random").apply(items) == items
+    drawn = Subset(10, "random", seed=7).apply(items)
+    assert drawn == Subset(10, "random", seed=7).apply(items)
+    assert drawn == sorted(drawn) and len(set(drawn)) == 10
+    assert drawn != Subset(10, "random", seed=8).apply(items)
+    with pytest.raises(ValueError, match="subset mode"):
+        Subset(3, "last")
+    real = load_task_split("udpos", "test", "fr", data_dir=SHARED_DATA)
+    assert load_task_split("udpos", "test", "fr", data_dir=SHARED_DATA, subset=Subset(5)) == real[:5]
+
+
+# --- cache -----------------------------------------------------------------------------------------------
+
+CONCURRENT_SCRIPT = """
+import pathlib, sys, time
+from trainables.cache import cached
+
+target, log, me, other = (pathlib.Path(a) for a in sys.argv[1:5])
+me.touch()
+while not other.exists():  # both processes are running before either looks at the cache
+    time.sleep(0.01)
+existed = target.exists()
+
+def compute():
+    with open(log, "a") as handle:
+        handle.write("computed\\n")
+    time.sleep(1.0)
+    return "value"
+
+value = cached(target, compute, lambda v, p: p.write_text(v), lambda p: p.read_text())
+print(existed, value)
+"""
+
+
+def test_concurrent_processes_compute_once(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(CONCURRENT_SCRIPT)
+    target, log = tmp_path / "cache" / "result.txt", tmp_path / "log.txt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ready = [tmp_path / "ready-a", tmp_path / "ready-b"]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(target), str(log), str(ready[i]), str(ready[1 - i])],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )
+        for i in range(2)
+    ]
+    outputs = [worker.communicate(timeout=60)[0].split() for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers)
+    assert outputs == [["False", "value"], ["False", "value"]]  # both missed the file at first
+    assert log.read_text() == "computed\n"
+    assert target.read_text() == "value"
+    assert not [p.name for p in target.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_failed_compute_leaves_nothing_and_can_retry(tmp_path):
+    target = tmp_path / "x.txt"
+
+    def broken():
+        raise RuntimeError("boom")
+
+    def save(value, path):
+        path.write_text(value)
+
+    with pytest.raises(RuntimeError):
+        cached(target, broken, save, lambda p: p.read_text())
+    assert not target.exists()
+    assert cached(target, lambda: "ok", save, lambda p: p.read_text()) == "ok"
+
+    def half_written(value, path):
+        path.write_text("partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_save("v", tmp_path / "y.txt", half_written)
+    assert not (tmp_path / "y.txt").exists()
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]  # temporary file removed
+
+
+def test_cache_key_is_stable_and_order_insensitive():
+    assert cache_key(a=1, b="x") == cache_key(b="x", a=1)
+    assert cache_key(a=1, b="x") != cache_key(a=2, b="x")
+    assert len(cache_key(a=1)) == 16

@@ -1,0 +1,1 @@
+"""The science of the sweep: data, word pairs, alignment, realignment and fine-tuning (no Ray)."""

@@ -1,0 +1,853 @@
+"""Data sources: task splits, parallel corpora and bilingual dictionaries, from local files or remote.
+
+Every source is one entry of `DATA_SOURCES` (name -> `DataSource`): where its files lie under the
+data dir, how to read them, and how to fetch the same data remotely (Hugging Face hub or a pinned
+URL). Loading goes, in order:
+
+1. the local file(s) under the data dir (setting `data_dir`, else `$SWEEP_DATA_DIR`), if present;
+2. a previous download, cached (parsed) under the cache dir (setting `cache_dir`, else
+   `$SWEEP_CACHE_DIR`, else `~/.cache/alignment-sweep`);
+3. the remote source, unless offline (`$SWEEP_OFFLINE=1`, or the hub's `HF_HUB_OFFLINE=1` /
+   `HF_DATASETS_OFFLINE=1`); the parsed result is cached atomically for the next trial.
+
+When none works, one `DataSourceError` line names the file looked for, the layout expected and
+why remote loading did not happen or failed. The local layout is that of `../shared/data`
+(see docs/architecture.md, "Data dir").
+
+Sources and the paper (Gaschi et al. 2023, §3.2 and App. B): POS = Universal Dependencies (English
+EWT; Arabic PADT and Spanish/French/Russian/Chinese GSD test sets), NER = WikiANN (XTREME's PAN-X
+split), NLI = MultiNLI (English training) and XNLI (test), realignment corpora = OPUS-100 and
+multiUN, dictionaries = MUSE full dictionaries in both directions (the paper's code fetched en-X
+twice by mistake; here X-en is its own file).
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import logging
+import os
+import random
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from trainables.cache import (
+    cached,
+    load_jsonl,
+    load_string_pairs,
+    save_jsonl,
+    save_string_pairs,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DATA_DIR_ENV = "SWEEP_DATA_DIR"
+CACHE_DIR_ENV = "SWEEP_CACHE_DIR"
+OFFLINE_ENV = "SWEEP_OFFLINE"
+HUB_OFFLINE_ENVS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+DEFAULT_CACHE_DIR = Path("~/.cache/alignment-sweep")
+DOWNLOAD_TIMEOUT_S = 60
+
+# Pinned Universal Dependencies release: the treebanks' files at this git tag.
+UD_RELEASE_TAG = "r2.13"
+UD_URL = "https://raw.githubusercontent.com/UniversalDependencies/{repo}/{tag}/{code}-ud-{split}.conllu"
+MUSE_URL = "https://dl.fbaipublicfiles.com/arrival/dictionaries/{src}-{tgt}.txt"
+# NTREX-128 (the local stand-in corpus): WMT19 English news test set and its translations.
+NTREX_URL = "https://raw.githubusercontent.com/MicrosoftTranslator/NTREX/main/NTREX-128/{name}.txt"
+NTREX_LANG_CODES = {"en": "eng", "ar": "arb", "es": "spa", "fr": "fra", "ru": "rus", "zh": "zho-CN"}
+
+WIKIANN_HUB = "unimelb-nlp/wikiann"
+MNLI_HUB = "nyu-mll/multi_nli"
+XNLI_HUB = "facebook/xnli"
+OPUS100_HUB = "Helsinki-NLP/opus-100"
+MULTIUN_HUB = "Helsinki-NLP/multiun"
+
+SPLITS = ("train", "dev", "test")
+LANGUAGES = ("en", "ar", "es", "fr", "ru", "zh")  # the paper's languages (English = source)
+UPOS_TAGS = frozenset(
+    "ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split()
+)
+# WikiANN's integer tags on the hub, in ClassLabel order.
+WIKIANN_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
+NLI_LABELS = ("entailment", "neutral", "contradiction")  # hub ClassLabel order (MultiNLI, XNLI)
+NLI_HEADER = ("premise", "hypothesis", "label")
+
+# A split's name on the hub, where it differs from ours.
+HUB_SPLIT_NAMES = {"dev": "validation"}
+MNLI_HUB_SPLITS = {"train": "train", "dev": "validation_matched"}
+
+
+@dataclass(frozen=True)
+class UdTreebank:
+    code: str  # file prefix, e.g. "en_ewt"
+    repo: str  # GitHub repository under UniversalDependencies
+    splits: tuple[str, ...] = SPLITS
+
+
+UD_TREEBANKS: dict[str, UdTreebank] = {
+    "en": UdTreebank("en_ewt", "UD_English-EWT"),
+    "ar": UdTreebank("ar_padt", "UD_Arabic-PADT"),
+    "es": UdTreebank("es_gsd", "UD_Spanish-GSD"),
+    "fr": UdTreebank("fr_gsd", "UD_French-GSD"),
+    "ru": UdTreebank("ru_gsd", "UD_Russian-GSD"),
+    "zh": UdTreebank("zh_gsd", "UD_Chinese-GSD"),
+}
+XNLI_LANGS = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
+
+
+class DataSourceError(FileNotFoundError, ValueError):
+    """A data source could not be read locally nor fetched remotely (one line, names the file)."""
+
+
+# --- settings: directories and offline mode ----------------------------------------------------
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
+    """The local data dir: the setting, else `$SWEEP_DATA_DIR`, else None (remote only)."""
+    value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    return Path(value).expanduser() if value is not None else None
+
+
+def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """The cache dir: the setting, else `$SWEEP_CACHE_DIR`, else `~/.cache/alignment-sweep`."""
+    value = cache_dir if cache_dir not in (None, "") else os.environ.get(CACHE_DIR_ENV) or None
+    return Path(value).expanduser() if value is not None else DEFAULT_CACHE_DIR.expanduser()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_offline() -> bool:
+    """True when remote loading is disabled ($SWEEP_OFFLINE, or the hub's own offline flags)."""
+    return any(_env_flag(name) for name in (OFFLINE_ENV, *HUB_OFFLINE_ENVS))
+
+
+def _offline_reason() -> str:
+    flags = [name for name in (OFFLINE_ENV, *HUB_OFFLINE_ENVS) if _env_flag(name)]
+    return f"remote loading disabled ({', '.join(f'{f}=1' for f in flags)})"
+
+
+# --- subsets -------------------------------------------------------------------------------------
+
+SUBSET_MODES = ("first", "random")
+
+
+@dataclass(frozen=True)
+class Subset:
+    """The first, or a seeded-random, `n` examples of a source (None: all), for quick runs.
+
+    A random subset keeps the examples in their original order.
+    """
+
+    n: int | None = None
+    mode: str = "first"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n is not None and (not isinstance(self.n, int) or self.n < 0):
+            raise ValueError(f"subset size n={self.n!r}: expected a non-negative int or None")
+        if self.mode not in SUBSET_MODES:
+            raise ValueError(f"subset mode {self.mode!r}: valid are {', '.join(SUBSET_MODES)}")
+
+    def apply(self, items: Sequence[T]) -> list[T]:
+        if self.n is None or self.n >= len(items):
+            return list(items)
+        if self.mode == "first":
+            return list(items[: self.n])
+        chosen = sorted(random.Random(self.seed).sample(range(len(items)), self.n))
+        return [items[index] for index in chosen]
+
+    @property
+    def first_only(self) -> int | None:
+        """How many leading examples suffice (a remote stream can stop there), else None."""
+        return self.n if (self.n is not None and self.mode == "first") else None
+
+    @property
+    def key(self) -> str:
+        """Names the subset in cache file names."""
+        if self.n is None:
+            return "all"
+        return f"first{self.n}" if self.mode == "first" else f"random{self.n}-seed{self.seed}"
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- readers for the local formats --------------------------------------------------------------
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines split on "\\n" only (str.splitlines also splits on U+2028 etc. and would misalign)."""
+    text = path.read_text(encoding="utf-8")
+    if text.endswith("\n"):
+        text = text[:-1]
+    return [line.rstrip("\r") for line in text.split("\n")] if text else []
+
+
+def read_conllu(path: Path) -> list[dict[str, list[str]]]:
+    """Sentences of a CoNLL-U file as {"words", "labels"} with UPOS labels.
+
+    Multiword-token lines (ids that are ranges, e.g. "6-7") and empty nodes (ids like "8.1") are
+    skipped: the syntactic words carry the tags.
+    """
+    import conllu
+
+    examples = []
+    with open(path, encoding="utf-8") as handle:
+        for number, sentence in enumerate(conllu.parse_incr(handle), start=1):
+            words, labels = [], []
+            for token in sentence:
+                if not isinstance(token["id"], int):
+                    continue
+                if token["upos"] not in UPOS_TAGS:
+                    sent_id = sentence.metadata.get("sent_id", f"#{number}")
+                    raise DataSourceError(
+                        f"{path}: sentence {sent_id}: word {token['form']!r} has UPOS "
+                        f"{token['upos']!r}, expected one of {' '.join(sorted(UPOS_TAGS))}"
+                    )
+                words.append(token["form"])
+                labels.append(token["upos"])
+            if words:
+                examples.append({"words": words, "labels": labels})
+    return examples
+
+
+def read_token_tsv(path: Path, lang: str) -> list[dict[str, list[str]]]:
+    """XTREME's PAN-X format: `token<TAB>IOB2 tag` lines, a blank line between sentences.
+
+    XTREME's raw files prefix tokens with the language ("en:Paris"); that prefix is removed.
+    """
+    prefix = f"{lang}:"
+    examples: list[dict[str, list[str]]] = []
+    words: list[str] = []
+    labels: list[str] = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            if words:
+                examples.append({"words": words, "labels": labels})
+                words, labels = [], []
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataSourceError(
+                f"{path}:{number}: expected 'token<TAB>tag', got {len(fields)} tab-separated fields"
+            )
+        token, tag = fields
+        if tag not in WIKIANN_TAGS:
+            raise DataSourceError(f"{path}:{number}: tag {tag!r} is not one of {' '.join(WIKIANN_TAGS)}")
+        words.append(token[len(prefix):] if token.startswith(prefix) else token)
+        labels.append(tag)
+    if words:
+        examples.append({"words": words, "labels": labels})
+    return examples
+
+
+def read_nli_tsv(path: Path) -> list[dict[str, str]]:
+    """`premise<TAB>hypothesis<TAB>label` lines (an optional header line is skipped)."""
+    examples = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise DataSourceError(
+                f"{path}:{number}: expected 'premise<TAB>hypothesis<TAB>label', got {len(fields)} fields"
+            )
+        if number == 1 and tuple(f.strip().lower() for f in fields) == NLI_HEADER:
+            continue
+        premise, hypothesis, label = fields
+        if label not in NLI_LABELS:
+            raise DataSourceError(f"{path}:{number}: label {label!r} is not one of {', '.join(NLI_LABELS)}")
+        examples.append({"premise": premise, "hypothesis": hypothesis, "label": label})
+    return examples
+
+
+def read_line_aligned(en_path: Path, x_path: Path) -> list[tuple[str, str]]:
+    """A parallel corpus as two line-aligned files; English first in each pair."""
+    en_lines, x_lines = _read_lines(en_path), _read_lines(x_path)
+    if len(en_lines) != len(x_lines):
+        raise DataSourceError(
+            f"{en_path} has {len(en_lines)} lines but {x_path} has {len(x_lines)}: "
+            "a parallel corpus needs line-aligned files"
+        )
+    return list(zip(en_lines, x_lines))
+
+
+def read_muse(path: Path) -> list[tuple[str, str]]:
+    """MUSE dictionary entries `source<TAB or space>target`, one per line.
+
+    Lines that do not have exactly two fields are skipped with a warning, as the paper's code
+    did (MUSE's published files are tab- or space-separated, a few lines are irregular).
+    """
+    entries, malformed = [], []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        fields = [f.strip() for f in fields]
+        if len(fields) != 2 or not all(fields):
+            malformed.append(number)
+            continue
+        entries.append((fields[0], fields[1]))
+    if malformed:
+        log.warning("%s: skipped %d malformed lines (first: line %d)", path, len(malformed), malformed[0])
+    return entries
+
+
+# --- remote fetchers -----------------------------------------------------------------------------
+
+
+def _download(url: str, dest: Path) -> None:
+    """Fetch `url` into `dest` (a temporary file of the caller)."""
+    log.info("downloading %s", url)
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(dest, "wb") as out:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+
+
+def _download_and_read(url: str, read: Callable[[Path], T], suffix: str) -> T:
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp) / f"download{suffix}"
+        _download(url, dest)
+        return read(dest)
+
+
+def _hub_rows(dataset_id: str, config: str | None, split: str, limit: int | None) -> Iterable[dict]:
+    """Rows of a hub dataset split; streams and stops after `limit` rows when given."""
+    from datasets import load_dataset
+
+    log.info("loading %s (%s, %s) from the hub", dataset_id, config, split)
+    if limit is not None:
+        stream = load_dataset(dataset_id, config, split=split, streaming=True)
+        return list(itertools.islice(stream, limit))
+    return load_dataset(dataset_id, config, split=split)
+
+
+def _label_names(rows: Any, column: str, default: Sequence[str]) -> list[str]:
+    """ClassLabel names of a column when the dataset declares them, else the documented order."""
+    features = getattr(rows, "features", None) or {}
+    feature = features.get(column)
+    names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+    return list(names) if names else list(default)
+
+
+def _ud_url(split: str, lang: str) -> str:
+    treebank = UD_TREEBANKS[lang]
+    return UD_URL.format(repo=treebank.repo, tag=UD_RELEASE_TAG, code=treebank.code, split=split)
+
+
+def _fetch_udpos(limit: int | None, split: str, lang: str) -> list[dict]:
+    return _download_and_read(_ud_url(split, lang), read_conllu, ".conllu")
+
+
+def _fetch_wikiann(limit: int | None, split: str, lang: str) -> list[dict]:
+    rows = _hub_rows(WIKIANN_HUB, lang, HUB_SPLIT_NAMES.get(split, split), None)
+    tags = _label_names(rows, "ner_tags", WIKIANN_TAGS)
+    return [{"words": list(r["tokens"]), "labels": [tags[t] for t in r["ner_tags"]]} for r in rows]
+
+
+def _nli_rows(rows: Any) -> list[dict]:
+    names = _label_names(rows, "label", NLI_LABELS)
+    # MultiNLI marks examples without a gold label with -1: they are not usable.
+    return [
+        {"premise": r["premise"], "hypothesis": r["hypothesis"], "label": names[r["label"]]}
+        for r in rows
+        if r["label"] >= 0
+    ]
+
+
+def _fetch_mnli(limit: int | None, split: str, lang: str) -> list[dict]:
+    return _nli_rows(_hub_rows(MNLI_HUB, None, MNLI_HUB_SPLITS[split], None))
+
+
+def _fetch_xnli(limit: int | None, split: str, lang: str) -> list[dict]:
+    return _nli_rows(_hub_rows(XNLI_HUB, lang, split, None))
+
+
+def _hub_pair_config(lang: str) -> str:
+    """OPUS-100 and multiUN name their configs by the sorted language pair: "ar-en", "en-es"."""
+    return "-".join(sorted(("en", lang)))
+
+
+def _fetch_hub_parallel(dataset_id: str) -> Callable[..., list[tuple[str, str]]]:
+    def fetch(limit: int | None, lang: str) -> list[tuple[str, str]]:
+        rows = _hub_rows(dataset_id, _hub_pair_config(lang), "train", limit)
+        return [(r["translation"]["en"], r["translation"][lang]) for r in rows]
+
+    return fetch
+
+
+def _fetch_ntrex(limit: int | None, lang: str) -> list[tuple[str, str]]:
+    en = _download_and_read(NTREX_URL.format(name="newstest2019-src.eng"), _read_lines, ".txt")
+    x = _download_and_read(
+        NTREX_URL.format(name=f"newstest2019-ref.{NTREX_LANG_CODES[lang]}"), _read_lines, ".txt"
+    )
+    if len(en) != len(x):
+        raise DataSourceError(f"NTREX en has {len(en)} lines but {lang} has {len(x)}")
+    return list(zip(en, x))[:limit]
+
+
+def _fetch_muse(limit: int | None, src: str, tgt: str) -> list[tuple[str, str]]:
+    return _download_and_read(MUSE_URL.format(src=src, tgt=tgt), read_muse, ".txt")
+
+
+# --- the registry ----------------------------------------------------------------------------------
+
+
+def _check_lang(lang: str, langs: Iterable[str], what: str) -> None:
+    langs = list(langs)
+    if lang not in langs:
+        raise ValueError(f"{what}: language {lang!r} not available{_did_you_mean(lang, langs)}; known: {', '.join(langs)}")
+
+
+def _check_split(split: str, splits: Iterable[str], what: str) -> None:
+    splits = list(splits)
+    if split not in splits:
+        raise ValueError(f"{what}: split {split!r} not available{_did_you_mean(split, splits)}; known: {', '.join(splits)}")
+
+
+def _validate_udpos(split: str, lang: str) -> None:
+    _check_lang(lang, UD_TREEBANKS, "udpos")
+    _check_split(split, UD_TREEBANKS[lang].splits, f"udpos ({UD_TREEBANKS[lang].repo})")
+
+
+def _validate_wikiann(split: str, lang: str) -> None:
+    _check_split(split, SPLITS, "wikiann")
+
+
+def _validate_mnli(split: str, lang: str) -> None:
+    _check_split(split, MNLI_HUB_SPLITS, "mnli")
+    _check_lang(lang, ["en"], "mnli (MultiNLI is English only)")
+
+
+def _validate_xnli(split: str, lang: str) -> None:
+    _check_split(split, ["test"], "xnli (XNLI test sets; training and dev data come from MultiNLI)")
+    _check_lang(lang, XNLI_LANGS, "xnli")
+
+
+def _validate_parallel(lang: str) -> None:
+    if lang == "en" or not lang:
+        raise ValueError(f"parallel corpora pair English with another language, got lang={lang!r}")
+
+
+def _validate_ntrex(lang: str) -> None:
+    _check_lang(lang, [code for code in NTREX_LANG_CODES if code != "en"], "ntrex")
+
+
+def _validate_dictionary(src: str, tgt: str) -> None:
+    if src == tgt:
+        raise ValueError(f"a bilingual dictionary needs two languages, got {src}-{tgt}")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data source: its local files (relative to the data dir) and its remote loader.
+
+    `local_files(**key)` gives the relative paths (all must exist), `read_local(paths, **key)`
+    parses them; `fetch(limit, **key)` loads the same data remotely (None: local only), stopping
+    after `limit` examples when the remote can stream.
+    """
+
+    name: str
+    role: str  # "task" (list of example dicts), "parallel" or "dictionary" (list of (str, str))
+    layout: str  # what the local files look like, for error messages
+    local_files: Callable[..., list[str]]
+    read_local: Callable[..., Any]
+    validate: Callable[..., None]
+    fetch: Callable[..., Any] | None = None
+    remote: Callable[..., str] | None = None  # describes the remote (URL or hub id) for a key
+    version: str = "1"  # part of cache names: change when the remote or the parsing changes
+
+    def relative_paths(self, **key: str) -> list[str]:
+        self.validate(**key)
+        return self.local_files(**key)
+
+
+def _parallel_source(
+    name: str,
+    fetch: Callable[..., list[tuple[str, str]]] | None = None,
+    remote: Callable[..., str] | None = None,
+    version: str = "1",
+    validate: Callable[..., None] = _validate_parallel,
+) -> DataSource:
+    return DataSource(
+        name=name,
+        role="parallel",
+        layout=f"parallel/{name}/en-X.en and en-X.X, line-aligned UTF-8 text, one sentence a line",
+        local_files=lambda lang: [f"parallel/{name}/en-{lang}.en", f"parallel/{name}/en-{lang}.{lang}"],
+        read_local=lambda paths, lang: read_line_aligned(*paths),
+        validate=validate,
+        fetch=fetch,
+        remote=remote,
+        version=version,
+    )
+
+
+DATA_SOURCES: dict[str, DataSource] = {
+    "udpos": DataSource(
+        name="udpos",
+        role="task",
+        layout="ud/{treebank}-ud-{split}.conllu, CoNLL-U (e.g. ud/en_ewt-ud-train.conllu)",
+        local_files=lambda split, lang: [f"ud/{UD_TREEBANKS[lang].code}-ud-{split}.conllu"],
+        read_local=lambda paths, split, lang: read_conllu(paths[0]),
+        validate=_validate_udpos,
+        fetch=_fetch_udpos,
+        remote=_ud_url,
+        version=UD_RELEASE_TAG,
+    ),
+    "wikiann": DataSource(
+        name="wikiann",
+        role="task",
+        layout="wikiann/{split}-{lang}.tsv, 'token<TAB>IOB2 tag' lines, blank line between sentences",
+        local_files=lambda split, lang: [f"wikiann/{split}-{lang}.tsv"],
+        read_local=lambda paths, split, lang: read_token_tsv(paths[0], lang),
+        validate=_validate_wikiann,
+        fetch=_fetch_wikiann,
+        remote=lambda split, lang: f"hub {WIKIANN_HUB} ({lang}, {HUB_SPLIT_NAMES.get(split, split)})",
+    ),
+    "mnli": DataSource(
+        name="mnli",
+        role="task",
+        layout="mnli/{train,dev}.tsv, 'premise<TAB>hypothesis<TAB>label' lines",
+        local_files=lambda split, lang: [f"mnli/{split}.tsv"],
+        read_local=lambda paths, split, lang: read_nli_tsv(paths[0]),
+        validate=_validate_mnli,
+        fetch=_fetch_mnli,
+        remote=lambda split, lang: f"hub {MNLI_HUB} ({MNLI_HUB_SPLITS[split]})",
+    ),
+    "xnli": DataSource(
+        name="xnli",
+        role="task",
+        layout="xnli/test-{lang}.tsv, 'premise<TAB>hypothesis<TAB>label' lines",
+        local_files=lambda split, lang: [f"xnli/test-{lang}.tsv"],
+        read_local=lambda paths, split, lang: read_nli_tsv(paths[0]),
+        validate=_validate_xnli,
+        fetch=_fetch_xnli,
+        remote=lambda split, lang: f"hub {XNLI_HUB} ({lang}, test)",
+    ),
+    "opus100": _parallel_source(
+        "opus100",
+        _fetch_hub_parallel(OPUS100_HUB),
+        lambda lang: f"hub {OPUS100_HUB} ({_hub_pair_config(lang)}, train)",
+    ),
+    "multiun": _parallel_source(
+        "multiun",
+        _fetch_hub_parallel(MULTIUN_HUB),
+        lambda lang: f"hub {MULTIUN_HUB} ({_hub_pair_config(lang)}, train)",
+    ),
+    "ntrex": _parallel_source(
+        "ntrex",
+        _fetch_ntrex,
+        lambda lang: NTREX_URL.format(name=f"newstest2019-ref.{NTREX_LANG_CODES.get(lang, lang)}"),
+        validate=_validate_ntrex,
+    ),
+    "muse": DataSource(
+        name="muse",
+        role="dictionary",
+        layout="muse/{src}-{tgt}.txt, 'source<TAB or space>target' lines (MUSE full dictionaries)",
+        local_files=lambda src, tgt: [f"muse/{src}-{tgt}.txt"],
+        read_local=lambda paths, src, tgt: read_muse(paths[0]),
+        validate=_validate_dictionary,
+        fetch=_fetch_muse,
+        remote=lambda src, tgt: MUSE_URL.format(src=src, tgt=tgt),
+    ),
+}
+
+PARALLEL_CORPORA = tuple(name for name, source in DATA_SOURCES.items() if source.role == "parallel")
+# Task splits -> data source: XNLI trains and validates on MultiNLI (English), tests on XNLI.
+TASK_SOURCES: dict[str, dict[str, str]] = {
+    "udpos": {split: "udpos" for split in SPLITS},
+    "wikiann": {split: "wikiann" for split in SPLITS},
+    "xnli": {"train": "mnli", "dev": "mnli", "test": "xnli"},
+}
+
+
+def get_source(name: str) -> DataSource:
+    if name not in DATA_SOURCES:
+        raise ValueError(f"unknown data source {name!r}{_did_you_mean(name, DATA_SOURCES)}; known: {', '.join(DATA_SOURCES)}")
+    return DATA_SOURCES[name]
+
+
+def task_source(task: str, split: str) -> DataSource:
+    """The data source that holds `split` of `task`."""
+    if task not in TASK_SOURCES:
+        raise ValueError(f"unknown task {task!r}{_did_you_mean(task, TASK_SOURCES)}; known: {', '.join(TASK_SOURCES)}")
+    _check_split(split, TASK_SOURCES[task], task)
+    return get_source(TASK_SOURCES[task][split])
+
+
+# --- the generic loader ------------------------------------------------------------------------------
+
+# How each role's parsed data is cached after a download: suffix, save, load.
+_SERIALISERS: dict[str, tuple[str, Callable[[Any, Path], None], Callable[[Path], Any]]] = {
+    "task": (".jsonl", save_jsonl, load_jsonl),
+    "parallel": (".parquet", save_string_pairs, load_string_pairs),
+    "dictionary": (".parquet", save_string_pairs, load_string_pairs),
+}
+
+
+def _remote_cache_path(source: DataSource, key: dict[str, str], cache_root: Path, limit: int | None) -> Path:
+    suffix = _SERIALISERS[source.role][0]
+    name = "-".join(key[k] for k in sorted(key)) + (f"-first{limit}" if limit is not None else "")
+    return cache_root / "data" / source.name / f"{name}-v{source.version}{suffix}"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _missing_message(source: DataSource, key: dict[str, str], data_root: Path | None, reason: str) -> str:
+    relative = source.relative_paths(**key)
+    if data_root is None:
+        looked = f"{', '.join(relative)} (no data dir: set data_dir or ${DATA_DIR_ENV})"
+    else:
+        absent = [str(data_root / r) for r in relative if not (data_root / r).is_file()]
+        looked = f"{', '.join(absent)} not found"
+    what = " ".join(f"{k}={v}" for k, v in key.items())
+    return f"{source.name} ({what}): {looked}; expected layout: {source.layout}; {reason}"
+
+
+def load_source(
+    source: DataSource,
+    key: dict[str, str],
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+) -> Any:
+    """Load one source for `key`: local files first, then a cached download, then the remote.
+
+    `limit` (a number of leading examples) only bounds what a streaming remote fetches; local
+    files are read whole.
+    """
+    relative = source.relative_paths(**key)
+    data_root = resolve_data_dir(data_dir)
+    if data_root is not None and all((data_root / r).is_file() for r in relative):
+        return source.read_local([data_root / r for r in relative], **key)
+    if source.fetch is None:
+        raise DataSourceError(_missing_message(source, key, data_root, "no remote source for it"))
+    extension, save, load = _SERIALISERS[source.role]
+    path = _remote_cache_path(source, key, resolve_cache_dir(cache_dir), limit)
+    if path.is_file():
+        return load(path)
+    if is_offline():
+        raise DataSourceError(_missing_message(source, key, data_root, _offline_reason()))
+
+    def fetch() -> Any:
+        try:
+            return source.fetch(limit, **key)
+        except DataSourceError:
+            raise
+        except Exception as error:  # network, hub or format errors: one line naming both places
+            remote = source.remote(**key) if source.remote else "remote"
+            reason = f"loading {remote} failed: {_one_line(error)}"
+            raise DataSourceError(_missing_message(source, key, data_root, reason)) from error
+
+    return cached(path, fetch, save, load)
+
+
+# --- public loaders ------------------------------------------------------------------------------
+
+
+def load_task_split(
+    task: str,
+    split: str,
+    lang: str,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    subset: Subset | None = None,
+) -> list[dict]:
+    """Examples of one task split in one language.
+
+    udpos / wikiann: {"words": [...], "labels": [...]} (UPOS tags / IOB2 PER, ORG, LOC tags);
+    xnli: {"premise", "hypothesis", "label"} with label entailment | neutral | contradiction.
+    For xnli, "train" and "dev" are MultiNLI's (English), "test" is XNLI's test set in `lang`.
+    """
+    source = task_source(task, split)
+    subset = subset or Subset()
+    examples = load_source(source, {"split": split, "lang": lang}, data_dir, cache_dir)
+    return subset.apply(examples)
+
+
+def parallel_source(corpus: str, data_dir: str | Path | None = None) -> DataSource:
+    """The registered corpus `corpus`, or a local-only one if parallel/`corpus` exists."""
+    if corpus in PARALLEL_CORPORA:
+        return DATA_SOURCES[corpus]
+    data_root = resolve_data_dir(data_dir)
+    local_dir = data_root / "parallel" / corpus if data_root is not None else None
+    if local_dir is not None and local_dir.is_dir():
+        return _parallel_source(corpus)
+    registered = list(PARALLEL_CORPORA)
+    local_root = data_root / "parallel" if data_root is not None else None
+    local = sorted(p.name for p in local_root.iterdir()) if local_root is not None and local_root.is_dir() else []
+    where = str(local_dir) if local_dir is not None else f"parallel/{corpus} (no data dir: set data_dir or ${DATA_DIR_ENV})"
+    raise DataSourceError(
+        f"unknown parallel corpus {corpus!r}{_did_you_mean(corpus, registered + local)}: not registered "
+        f"({', '.join(registered)}) and no local directory {where}; expected layout: "
+        f"parallel/{corpus}/en-X.en and en-X.X, line-aligned"
+    )
+
+
+
+def load_parallel(
+    corpus: str,
+    lang: str,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    subset: Subset | None = None,
+) -> list[tuple[str, str]]:
+    """(English line, `lang` line) pairs of a parallel corpus, raw text.
+
+    A local directory parallel/`corpus` is used when present, even for opus100 / multiun;
+    otherwise registered corpora load from the hub (OPUS-100: Helsinki-NLP/opus-100, multiUN:
+    Helsinki-NLP/multiun, configs named by the sorted pair, e.g. "ar-en", "en-es"; train split).
+    A "first N" subset of a remote corpus streams only N pairs.
+    """
+    subset = subset or Subset()
+    source = parallel_source(corpus, data_dir)
+    pairs = load_source(source, {"lang": lang}, data_dir, cache_dir, limit=subset.first_only)
+    return subset.apply(pairs)
+
+
+def load_dictionary(
+    src: str,
+    tgt: str,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, frozenset[str]]:
+    """`src` word -> its `tgt` translations, from both MUSE files: src-tgt and (inverted) tgt-src.
+
+    Both directions are used, as the paper intended (its code downloaded en-X twice by mistake,
+    PAPER-NOTES). Words are as in the files (MUSE is lowercase).
+    """
+    muse = get_source("muse")
+    forward = load_source(muse, {"src": src, "tgt": tgt}, data_dir, cache_dir)
+    backward = load_source(muse, {"src": tgt, "tgt": src}, data_dir, cache_dir)
+    translations: dict[str, set[str]] = {}
+    for word, translation in itertools.chain(forward, ((b, a) for a, b in backward)):
+        translations.setdefault(word, set()).add(translation)
+    return {word: frozenset(words) for word, words in translations.items()}
+
+
+# --- checking before a sweep ----------------------------------------------------------------------
+
+REQUIREMENT_KINDS = ("task", "parallel", "dictionary")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One data file set a sweep will read: a source and its key (split/lang, lang, src/tgt)."""
+
+    source: DataSource
+    key: tuple[tuple[str, str], ...]
+
+    @property
+    def key_dict(self) -> dict[str, str]:
+        return dict(self.key)
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.name} " + " ".join(f"{k}={v}" for k, v in self.key)
+
+
+def required_data(
+    kind: str, name: str, langs: Iterable[str], data_dir: str | Path | None = None
+) -> list[Requirement]:
+    """What trials over target `langs` read for one need:
+    kind "task" (name = udpos | wikiann | xnli): English train and dev sets, test sets in English
+    and every target language; kind "parallel" (name = corpus): en-X for every target language;
+    kind "dictionary" (name = muse): en-X and X-en for every target language.
+    Unknown names raise (ValueError / DataSourceError, with "did you mean").
+    """
+    targets = [lang for lang in langs if lang != "en"]
+    needs: list[tuple[DataSource, dict[str, str]]] = []
+    if kind == "task":
+        for split in ("train", "dev"):
+            needs.append((task_source(name, split), {"split": split, "lang": "en"}))
+        for lang in ["en", *targets]:
+            needs.append((task_source(name, "test"), {"split": "test", "lang": lang}))
+    elif kind == "parallel":
+        source = parallel_source(name, data_dir)
+        needs.extend((source, {"lang": lang}) for lang in targets)
+    elif kind == "dictionary":
+        source = get_source(name)
+        if source.role != "dictionary":
+            raise ValueError(f"data source {name!r} is not a dictionary")
+        for lang in targets:
+            needs.append((source, {"src": "en", "tgt": lang}))
+            needs.append((source, {"src": lang, "tgt": "en"}))
+    else:
+        raise ValueError(f"unknown requirement kind {kind!r}{_did_you_mean(kind, REQUIREMENT_KINDS)}; known: {', '.join(REQUIREMENT_KINDS)}")
+    for source, key in needs:
+        source.validate(**key)
+    return [Requirement(source, tuple(key.items())) for source, key in needs]
+
+
+def _availability(need: Requirement, data_root: Path | None, cache_root: Path) -> str:
+    """"local", "cached", "remote" (will be fetched) or "missing"."""
+    key = need.key_dict
+    relative = need.source.relative_paths(**key)
+    if data_root is not None and all((data_root / r).is_file() for r in relative):
+        return "local"
+    if _remote_cache_path(need.source, key, cache_root, None).is_file():
+        return "cached"
+    if need.source.fetch is None or is_offline():
+        return "missing"
+    return "remote"
+
+
+def describe_missing(
+    kind: str,
+    name: str,
+    langs: Iterable[str],
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[str]:
+    """One line per required file that is neither local, nor downloaded already, nor fetchable
+    (offline, or a local-only source); empty when everything can be read. Reads no network."""
+    try:
+        needs = required_data(kind, name, langs, data_dir)
+    except ValueError as error:  # DataSourceError included: unknown corpus, unsupported language
+        return [" ".join(str(error).split())]
+    data_root, cache_root = resolve_data_dir(data_dir), resolve_cache_dir(cache_dir)
+    lines = []
+    for need in needs:
+        if _availability(need, data_root, cache_root) == "missing":
+            reason = "no remote source for it" if need.source.fetch is None else _offline_reason()
+            lines.append(_missing_message(need.source, need.key_dict, data_root, reason))
+    return lines
+
+
+def describe_downloads(
+    kind: str,
+    name: str,
+    langs: Iterable[str],
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[str]:
+    """One line per required file that is not local and will be fetched remotely."""
+    data_root, cache_root = resolve_data_dir(data_dir), resolve_cache_dir(cache_dir)
+    lines = []
+    for need in required_data(kind, name, langs, data_dir):
+        if _availability(need, data_root, cache_root) == "remote":
+            remote = need.source.remote(**need.key_dict) if need.source.remote else "remote"
+            lines.append(f"{need.label}: not in the data dir, will load {remote}")
+    return lines
+
+
+def check_available(
+    kind: str,
+    name: str,
+    langs: Iterable[str],
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> None:
+    """Raise one `DataSourceError` naming every required file that cannot be had."""
+    missing = describe_missing(kind, name, langs, data_dir, cache_dir)
+    if missing:
+        raise DataSourceError(f"{len(missing)} data file(s) unavailable: " + " | ".join(missing))

@@ -1,0 +1,416 @@
+"""Fine-tuning (optionally with joint realignment), sequential realignment, evaluation, CTL.
+
+Optimisation follows App. B.3 (Wu & Dredze's setup): AdamW at `learning_rate`, `weight_decay`
+(biases and norms excluded, the usual convention), gradient clipping at `max_grad_norm`, batch
+`batch_size` (32) reached by accumulating `micro_batch_size` forward passes, `epochs` epochs,
+learning rate linearly warmed up over `warmup_ratio` of the *optimizer* steps then linearly decayed
+to 0 (the reference code counted micro-batches with a hard-coded 5 epochs; PAPER-NOTES).
+
+Step counting: an epoch of n examples is ceil(n / batch_size) optimizer steps; the last, partial
+batch of an epoch counts as one step. Warm-up is ceil(warmup_ratio * total) steps.
+
+Loss of an optimizer step: the mean of its micro-batch losses weighted by their example counts
+(equal weights when micro-batches are full), which with batch_size == micro_batch_size is exactly
+the model's loss on the batch. Joint realignment (Eq. 3) adds `joint_weight` times the loss of one
+realignment batch per optimizer step, with its own backward pass (gradients add up, as with one).
+
+Batches are length-grouped: each epoch the examples are shuffled (seeded by seed and epoch), cut
+into chunks of `length_group_factor * batch_size`, sorted by length inside a chunk, and cut into
+optimizer batches, whose order is then shuffled; each batch is padded to its own longest example.
+
+Resuming: `fine_tune` and `realign_sequentially` take and produce one state dict (model,
+optimizer, scheduler, counters, RNG states, realignment stream position and head). The data order
+of an epoch depends only on (seed, epoch) and the RNGs are restored, so a run resumed from an
+epoch-end state ends with exactly the weights of an uninterrupted run (on CPU).
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainables.encoding import IGNORE_INDEX
+from trainables.realignment import Realigner
+from trainables.runtime import autocast, eval_mode, resolve_device, seed_everything
+from trainables.settings import Settings
+from trainables.tasks import Features, Task, get_task
+
+StepCallback = Callable[[dict[str, Any]], None]
+StateCallback = Callable[[dict[str, Any]], None]
+FINETUNE_PHASE = "finetune"
+REALIGN_PHASE = "realign"
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and schedule
+
+
+def schedule_steps(n_examples: int, settings: Settings) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total optimizer steps, warm-up steps) for n training examples.
+
+    E.g. 100 examples, batch 32 (micro 8), 5 epochs: 4 steps per epoch (the last one of 4
+    examples), 20 in total, 2 of warm-up.
+    """
+    if n_examples < 1:
+        raise ValueError("no training example: cannot fine-tune on an empty set")
+    per_epoch = math.ceil(n_examples / settings.batch_size)
+    total = per_epoch * settings.epochs
+    return per_epoch, total, warmup_steps(total, settings)
+
+
+def warmup_steps(total_steps: int, settings: Settings) -> int:
+    # round() first: 0.1 * 30 is 3.0000000000000004 in floating point, which must give 3, not 4.
+    return math.ceil(round(settings.warmup_ratio * total_steps, 9))
+
+
+class LinearWarmupDecay:
+    """LR factor: 0 -> 1 linearly over `warmup` steps, then 1 -> 0 linearly at step `total`.
+
+    A callable object (not a lambda) so that `LambdaLR.state_dict()` saves it.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / self.warmup
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+
+def make_optimizer(parameters: Sequence[nn.Parameter], settings: Settings) -> torch.optim.AdamW:
+    """AdamW; matrices get `weight_decay`, vectors (biases, norm weights) none."""
+    decayed = [p for p in parameters if p.requires_grad and p.ndim >= 2]
+    not_decayed = [p for p in parameters if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decayed, "weight_decay": settings.weight_decay},
+        {"params": not_decayed, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=settings.learning_rate)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LinearWarmupDecay(warmup, total))
+
+
+def optimizer_batches(lengths: np.ndarray, settings: Settings, seed: int, epoch: int) -> list[np.ndarray]:
+    """Example indices of each optimizer step of an epoch, length-grouped (module docstring)."""
+    rng = np.random.default_rng((seed, epoch))
+    shuffled = rng.permutation(len(lengths))
+    chunk = settings.length_group_factor * settings.batch_size
+    grouped = []
+    for start in range(0, len(shuffled), chunk):
+        part = shuffled[start : start + chunk]
+        grouped.append(part[np.argsort(-lengths[part], kind="stable")])
+    ordered = np.concatenate(grouped)
+    batches = [ordered[i : i + settings.batch_size] for i in range(0, len(ordered), settings.batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable state
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy and torch (and CUDA) RNG states, as plain objects (loadable weights_only)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.setstate wants nested tuples; a checkpoint round trip may have made them lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _snapshot(
+    phase: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    realigner: Realigner | None,
+    schedule: dict[str, int],
+    **counters: int,
+) -> dict[str, Any]:
+    """The resumable state. Tensors are the live ones: save it (torch.save) or deepcopy it before
+    training goes on."""
+    return {
+        "phase": phase,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng(),
+        "realigner": realigner.state_dict() if realigner is not None else None,
+        "schedule": dict(schedule),
+        **counters,
+    }
+
+
+def _resume(
+    state: Mapping[str, Any],
+    phase: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    realigner: Realigner | None,
+    schedule: Mapping[str, int],
+) -> None:
+    if state.get("phase") != phase:
+        raise ValueError(f"checkpoint is of phase {state.get('phase')!r}, expected {phase!r}")
+    if dict(state["schedule"]) != dict(schedule):
+        raise ValueError(
+            f"checkpoint schedule {dict(state['schedule'])} differs from this run's {dict(schedule)}:"
+            " resume with the same settings (epochs, batch_size, warmup_ratio, ...) and data"
+        )
+    if (state["realigner"] is None) != (realigner is None):
+        raise ValueError("checkpoint and this run disagree on whether realignment is used")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if realigner is not None:
+        realigner.load_state_dict(state["realigner"])
+    restore_rng(state["rng"])
+
+
+def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def fine_tune(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str | Task,
+    train_examples: Sequence[Mapping[str, Any]] | Features,
+    settings: Settings,
+    state: Mapping[str, Any] | None = None,
+    *,
+    seed: int,
+    realign: Realigner | None = None,
+    on_step: StepCallback | None = None,
+    on_epoch_end: StateCallback | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `model` on `task`; with `realign`, joint realignment (Eq. 3). Returns the final state.
+
+    `state`: None/empty for a fresh run (everything seeded from `seed`), or a state produced at an
+    epoch end (given to `on_epoch_end`, possibly through torch.save/torch.load) to resume from.
+    `on_step(info)` after each optimizer step, info = {phase, epoch, step, lr, tokens, loss,
+    task_loss, realign_loss}; the losses are detached 0-d device tensors (converting one to a float
+    waits for the device: do it only when logging). `on_epoch_end(state)` after each epoch: the
+    place to checkpoint.
+    """
+    task = get_task(task)
+    features = train_examples if isinstance(train_examples, Features) else task.featurize(tokenizer, train_examples, settings)
+    device = resolve_device(settings)
+    model.to(device)
+    per_epoch, total, warmup = schedule_steps(len(features), settings)
+    schedule = {"steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": warmup}
+    parameters = list(model.parameters()) + (realign.parameters() if realign is not None else [])
+    optimizer = make_optimizer(parameters, settings)
+    scheduler = make_scheduler(optimizer, warmup, total)
+    if state:
+        _resume(state, FINETUNE_PHASE, model, optimizer, scheduler, realign, schedule)
+        epoch, step = int(state["epoch"]), int(state["step"])
+    else:
+        seed_everything(seed)
+        epoch, step = 0, 0
+
+    model.train()
+    if realign is not None:
+        realign.train()
+    while epoch < settings.epochs:
+        for indices in optimizer_batches(features.lengths, settings, seed, epoch):
+            lr = scheduler.get_last_lr()[0]
+            task_loss = torch.zeros((), device=device)
+            for start in range(0, len(indices), settings.micro_batch_size):
+                micro = indices[start : start + settings.micro_batch_size]
+                inputs = _to_device(features.collate(micro), device)
+                with autocast(settings, device):
+                    loss = model(**inputs).loss * (len(micro) / len(indices))
+                loss.backward()
+                task_loss += loss.detach()
+            realign_loss = None
+            if realign is not None:
+                realign_loss = realign()  # one realignment batch per optimizer step (App. A)
+                (settings.joint_weight * realign_loss).backward()
+                realign_loss = realign_loss.detach()
+            if settings.max_grad_norm:
+                nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if on_step is not None:
+                total_loss = task_loss if realign_loss is None else task_loss + settings.joint_weight * realign_loss
+                on_step({
+                    "phase": FINETUNE_PHASE, "epoch": epoch, "step": step, "lr": lr,
+                    "tokens": int(features.lengths[indices].sum()),
+                    "loss": total_loss, "task_loss": task_loss, "realign_loss": realign_loss,
+                })
+        epoch += 1
+        if on_epoch_end is not None:
+            on_epoch_end(_snapshot(FINETUNE_PHASE, model, optimizer, scheduler, realign, schedule, epoch=epoch, step=step))
+    return _snapshot(FINETUNE_PHASE, model, optimizer, scheduler, realign, schedule, epoch=epoch, step=step)
+
+
+# --------------------------------------------------------------------------------------------
+# Sequential realignment (`before`)
+
+
+def sequential_realign_steps(n_train_examples: int, settings: Settings) -> int:
+    """`realign_steps`, or by default as many steps as fine-tuning will take (PAPER-NOTES)."""
+    if settings.realign_steps is not None:
+        return settings.realign_steps
+    return schedule_steps(n_train_examples, settings)[1]
+
+
+def realign_sequentially(
+    model: PreTrainedModel,
+    realigner: Realigner,
+    steps: int,
+    settings: Settings,
+    state: Mapping[str, Any] | None = None,
+    *,
+    seed: int,
+    on_step: StepCallback | None = None,
+    on_checkpoint: StateCallback | None = None,
+    checkpoint_every: int | None = None,
+) -> dict[str, Any]:
+    """Realignment alone for `steps` optimizer steps, before fine-tuning. Returns the final state.
+
+    Same optimizer settings and schedule shape as fine-tuning (App. B.3): AdamW, warm-up over
+    `warmup_ratio` of `steps`, linear decay. Only the encoder (`model.base_model`, which
+    `realigner` must wrap) and the projection head are optimised; the optimizer is discarded
+    afterwards, fine-tuning starts its own. `on_checkpoint(state)` is called every
+    `checkpoint_every` steps (if given) and at the end; `state` resumes from any of those.
+    """
+    if steps < 0:
+        raise ValueError(f"setting realign_steps={steps} must be >= 0")
+    if realigner.encoder is not model.base_model:
+        raise ValueError("realign_sequentially: the realigner must wrap model.base_model")
+    device = resolve_device(settings)
+    model.to(device)
+    warmup = warmup_steps(steps, settings)
+    schedule = {"total_steps": steps, "warmup_steps": warmup}
+    parameters = list(model.base_model.parameters()) + realigner.parameters()
+    optimizer = make_optimizer(parameters, settings)
+    scheduler = make_scheduler(optimizer, warmup, steps)
+    if state:
+        _resume(state, REALIGN_PHASE, model, optimizer, scheduler, realigner, schedule)
+        step = int(state["step"])
+    else:
+        seed_everything(seed)
+        step = 0
+
+    model.train()
+    realigner.train()
+    while step < steps:
+        lr = scheduler.get_last_lr()[0]
+        loss = realigner()
+        loss.backward()
+        if settings.max_grad_norm:
+            nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if on_step is not None:
+            on_step({"phase": REALIGN_PHASE, "step": step, "lr": lr, "loss": loss.detach(), "realign_loss": loss.detach()})
+        if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            on_checkpoint(_snapshot(REALIGN_PHASE, model, optimizer, scheduler, realigner, schedule, step=step))
+    final = _snapshot(REALIGN_PHASE, model, optimizer, scheduler, realigner, schedule, step=step)
+    if on_checkpoint is not None:
+        on_checkpoint(final)
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str | Task,
+    examples: Sequence[Mapping[str, Any]] | Features,
+    settings: Settings,
+) -> tuple[list[list[str]], list[list[str]]]:
+    """(gold, predicted) label strings per example, in example order (one label per NLI example).
+
+    Batched by `eval_batch_size`, longest examples first (little padding), in eval mode on the
+    model's device; predictions are brought back to the host once, at the end.
+    """
+    task = get_task(task)
+    features = examples if isinstance(examples, Features) else task.featurize(tokenizer, examples, settings)
+    if len(features) == 0:
+        raise ValueError(f"no {task.name} example to evaluate")
+    device = next(model.parameters()).device
+    order = np.argsort(-features.lengths, kind="stable")
+    batches = [order[i : i + settings.eval_batch_size] for i in range(0, len(order), settings.eval_batch_size)]
+    argmaxes = []
+    with eval_mode(model), autocast(settings, device):
+        for indices in batches:
+            inputs = features.collate(indices)
+            inputs.pop("labels")
+            argmaxes.append(model(**_to_device(inputs, device)).logits.argmax(-1))
+    gold: list[list[str]] = [[] for _ in range(len(features))]
+    predicted: list[list[str]] = [[] for _ in range(len(features))]
+    names = task.labels
+    for indices, argmax in zip(batches, argmaxes):
+        argmax = argmax.cpu()
+        for row, i in enumerate(indices):
+            labels = features.example_labels(int(i))
+            if features.kind == "token":
+                scored = labels != IGNORE_INDEX
+                gold_ids, predicted_ids = labels[scored], argmax[row, : len(labels)][scored]
+            else:
+                gold_ids, predicted_ids = labels.view(1), argmax[row].view(1)
+            gold[i] = [names[j] for j in gold_ids.tolist()]
+            predicted[i] = [names[j] for j in predicted_ids.tolist()]
+    return gold, predicted
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str | Task,
+    examples: Sequence[Mapping[str, Any]] | Features,
+    settings: Settings,
+) -> float:
+    """The task's metric (accuracy or entity F1, in [0, 1]) of `model` on `examples`."""
+    task = get_task(task)
+    gold, predicted = predict(model, tokenizer, task, examples, settings)
+    return task.metric(gold, predicted)
+
+
+def cross_lingual_transfer(scores: Mapping[str, float], source: str = "en") -> dict[str, float]:
+    """CTL of each target language: (m_tgt - m_src) / m_src (paper §3.1)."""
+    if source not in scores:
+        raise ValueError(f"no score for the source language {source!r} (have {', '.join(scores) or 'none'})")
+    reference = scores[source]
+    if reference == 0:
+        raise ValueError(f"score of the source language {source!r} is 0: relative transfer is undefined")
+    return {lang: (score - reference) / reference for lang, score in scores.items() if lang != source}

@@ -1,0 +1,470 @@
+"""Translated word pairs from a parallel corpus: what alignment is measured on and realigned with.
+
+Three pair sources share one interface (registry `PAIR_SOURCES`, name -> callable
+`(en_words, x_words, lang, context) -> DataFrame`), all following the paper (Gaschi et al.
+2023, §3.3 and App. B; PAPER-NOTES):
+
+- `dico`: a bilingual dictionary (MUSE, both directions) with every ambiguity discarded;
+- `fastalign`: FastAlign in both directions, symmetrised with grow-diag-final-and;
+- `awesome`: AWESOME-align's softmax extraction over a multilingual encoder.
+
+Every source keeps only one-to-one links (a word linked to several words is dropped with all its
+links) and drops pairs whose two words are spelled identically (ignoring case), which would make
+alignment trivially easy. The result is a DataFrame with columns `sentence`, `src_index`,
+`tgt_index` (int64; line index in the corpus as loaded, word indexes in the segmented lines) and
+`src_word`, `tgt_word` (str); English is always the source.
+
+`extract_pairs` loads a corpus, segments it and extracts pairs, caching the segmentation and the
+pairs as parquet files under the cache dir so that concurrent trials compute them once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trainables.cache import cache_key, cached
+from trainables.data import Subset, load_dictionary, load_parallel, resolve_cache_dir
+from trainables.segmentation import segment_corpus, segmentation_id
+
+log = logging.getLogger(__name__)
+
+PAIR_COLUMNS = ("sentence", "src_index", "tgt_index", "src_word", "tgt_word")
+PAIRS_FORMAT_VERSION = "1"  # part of cache keys: bump when extraction changes its output
+
+# AWESOME-align's defaults (Dou & Neubig 2021; the paper used them with `--extraction softmax`).
+AWESOME_LAYER = 8
+AWESOME_THRESHOLD = 1e-3
+AWESOME_BATCH_SIZE = 32  # sentence pairs per forward pass
+AWESOME_MAX_LENGTH = 512  # subwords per sentence, special tokens included; longer ones truncated
+DEFAULT_AWESOME_MODEL = "bert-base-multilingual-cased"  # AWESOME-align's base encoder
+
+# fast_align options of the paper's code: `fast_align -d -o -v` (diagonal favouring, optimised
+# diagonal tension, variational Bayes), 5 EM iterations (fast_align's default).
+FASTALIGN_ITERATIONS = 5
+FASTALIGN_CHUNK = 10_000  # sentence pairs per Aligner.align_batch call (bounds memory)
+# fast_align's input format separates the two sides with " ||| ": a token containing "|||"
+# would break the line, so such tokens are renamed for the aligner only.
+FASTALIGN_SEPARATOR = "|||"
+FASTALIGN_SEPARATOR_STANDIN = "<bars>"
+
+
+@dataclass(frozen=True)
+class PairContext:
+    """What pair sources need besides the segmented corpus: data/cache dirs and aligner settings."""
+
+    data_dir: str | Path | None = None
+    cache_dir: str | Path | None = None
+    awesome_model: str = DEFAULT_AWESOME_MODEL  # a hub name or a local model folder
+    awesome_layer: int = AWESOME_LAYER  # hidden_states index (0 = embeddings)
+    awesome_threshold: float = AWESOME_THRESHOLD
+    awesome_batch_size: int = AWESOME_BATCH_SIZE
+    awesome_max_length: int = AWESOME_MAX_LENGTH
+    device: str = "cpu"
+    fastalign_iterations: int = FASTALIGN_ITERATIONS
+    fastalign_favor_diagonal: bool = True  # -d
+    fastalign_optimize_tension: bool = True  # -o
+    fastalign_variational_bayes: bool = True  # -v
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> "PairContext":
+        """From a `trainables.settings.Settings` (data_dir, cache_dir, awesome_*, device)."""
+        device = getattr(settings, "device", "cpu")
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        values = dict(
+            data_dir=settings.data_dir,
+            cache_dir=settings.cache_dir,
+            awesome_model=settings.awesome_model,
+            awesome_layer=settings.awesome_layer,
+            awesome_threshold=settings.awesome_threshold,
+            device=device,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def cache_parts(self, source: str) -> dict[str, Any]:
+        """The settings that change `source`'s output (device and batch size do not)."""
+        if source == "awesome":
+            return dict(
+                model=self.awesome_model,
+                layer=self.awesome_layer,
+                threshold=self.awesome_threshold,
+                max_length=self.awesome_max_length,
+            )
+        if source == "fastalign":
+            return dict(
+                iterations=self.fastalign_iterations,
+                d=self.fastalign_favor_diagonal,
+                o=self.fastalign_optimize_tension,
+                v=self.fastalign_variational_bayes,
+            )
+        return {}
+
+
+@dataclass(frozen=True, eq=False)
+class AlignedCorpus:
+    """A segmented parallel corpus and its word pairs (what alignment and realignment consume)."""
+
+    lang: str
+    en_words: list[list[str]]
+    x_words: list[list[str]]
+    pairs: pd.DataFrame = field(repr=False)
+
+
+# --- shared filters --------------------------------------------------------------------------------
+
+
+def empty_pairs() -> pd.DataFrame:
+    return links_to_pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), [], [])
+
+
+def keep_one_to_one(links: pd.DataFrame) -> pd.DataFrame:
+    """Links whose source word and target word each take part in no other link of the sentence."""
+    if links.empty:
+        return links
+    src_links = links.groupby(["sentence", "src_index"])["tgt_index"].transform("size")
+    tgt_links = links.groupby(["sentence", "tgt_index"])["src_index"].transform("size")
+    return links[(src_links == 1) & (tgt_links == 1)]
+
+
+def links_to_pairs(
+    sentence: np.ndarray,
+    src_index: np.ndarray,
+    tgt_index: np.ndarray,
+    en_words: list[list[str]],
+    x_words: list[list[str]],
+) -> pd.DataFrame:
+    """Word links -> the pairs DataFrame: one-to-one links only, identical spellings dropped.
+
+    One-to-one is decided on all links first, so that a word also linked to its identical twin
+    stays ambiguous rather than becoming one-to-one once the twin is dropped.
+    """
+    links = pd.DataFrame(
+        {
+            "sentence": np.asarray(sentence, dtype=np.int64),
+            "src_index": np.asarray(src_index, dtype=np.int64),
+            "tgt_index": np.asarray(tgt_index, dtype=np.int64),
+        }
+    ).drop_duplicates()
+    links = keep_one_to_one(links)
+    src_word = [en_words[s][i] for s, i in zip(links["sentence"].tolist(), links["src_index"].tolist())]
+    tgt_word = [x_words[s][j] for s, j in zip(links["sentence"].tolist(), links["tgt_index"].tolist())]
+    pairs = links.assign(
+        src_word=pd.Series(src_word, index=links.index, dtype=str),
+        tgt_word=pd.Series(tgt_word, index=links.index, dtype=str),
+    )
+    if len(pairs):
+        pairs = pairs[pairs["src_word"].str.casefold() != pairs["tgt_word"].str.casefold()]
+    return pairs.sort_values(["sentence", "src_index"]).reset_index(drop=True)[list(PAIR_COLUMNS)]
+
+
+# --- dico --------------------------------------------------------------------------------------------
+
+
+def _lowercased(dictionary: dict[str, frozenset[str]]) -> dict[str, set[str]]:
+    merged: dict[str, set[str]] = {}
+    for word, translations in dictionary.items():
+        merged.setdefault(word.lower(), set()).update(t.lower() for t in translations)
+    return merged
+
+
+def pairs_from_dictionary(
+    en_words: list[list[str]],
+    x_words: list[list[str]],
+    en_to_x: dict[str, frozenset[str]],
+    x_to_en: dict[str, frozenset[str]],
+) -> pd.DataFrame:
+    """Pairs found with a bilingual dictionary, every ambiguity discarded.
+
+    Words are looked up lowercased (MUSE is lowercase); pairs keep the words as written. For
+    English word e at position i of a sentence, (e, t) is a pair when:
+      1. exactly one translation t of e (en_to_x[e]) occurs in the target sentence;
+      2. t occurs exactly once in the target sentence;
+      3. exactly one position of the source sentence holds a word that translates to t
+         (x_to_en[t]) - that position is i, so e occurs once and no other source word
+         competes for t.
+    This is the paper's code's rule (PAPER-NOTES; `generate_pairs` in its
+    contextualized_pairs.py), with both dictionary directions: pass en_to_x built from the en-X
+    file plus the inverted X-en file, and x_to_en from X-en plus inverted en-X (what
+    `load_dictionary` returns). Rule 3 counts source positions, so a repeated English word is
+    dropped even when the dictionaries are not symmetric. The code used en-X for both (its
+    X-en download fetched en-X). Identical spellings are then dropped like in every source.
+    """
+    forward, backward = _lowercased(en_to_x), _lowercased(x_to_en)
+    sentence, src_index, tgt_index = [], [], []
+    for number, (en, x) in enumerate(zip(en_words, x_words)):
+        en_lower = [word.lower() for word in en]
+        x_positions: dict[str, list[int]] = {}
+        for j, word in enumerate(x):
+            x_positions.setdefault(word.lower(), []).append(j)
+        for i, word in enumerate(en_lower):
+            present = [t for t in forward.get(word, ()) if t in x_positions]
+            if len(present) != 1:
+                continue  # no translation in the sentence, or several: ambiguous
+            positions = x_positions[present[0]]
+            if len(positions) != 1:
+                continue  # the translation occurs several times
+            back = backward.get(present[0], set())
+            if sum(other in back for other in en_lower) != 1 or word not in back:
+                continue  # another source word (or a repeat of this one) translates to it
+            sentence.append(number)
+            src_index.append(i)
+            tgt_index.append(positions[0])
+    return links_to_pairs(np.array(sentence), np.array(src_index), np.array(tgt_index), en_words, x_words)
+
+
+def dico_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
+    en_to_x = load_dictionary("en", lang, context.data_dir, context.cache_dir)
+    x_to_en = load_dictionary(lang, "en", context.data_dir, context.cache_dir)
+    return pairs_from_dictionary(en_words, x_words, en_to_x, x_to_en)
+
+
+# --- fastalign ---------------------------------------------------------------------------------------
+
+
+def _fastalign_tokens(words: list[str]) -> list[str]:
+    return [FASTALIGN_SEPARATOR_STANDIN if FASTALIGN_SEPARATOR in w else w for w in words]
+
+
+def fastalign_links(
+    en_words: list[list[str]], x_words: list[list[str]], context: PairContext
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Symmetrised FastAlign links (sentence, src_index, tgt_index) over the whole corpus.
+
+    Uses the `systran-align` package (fast_align as a library): it trains both directions with
+    fast_align's EM on the corpus itself, and its `Aligner` runs both directional Viterbi
+    alignments and symmetrises them with atools' grow-diag-final-and (its bundled libfastalign
+    implements that as `GDFACommand`, the same code as `atools -c grow-diag-final-and`, which the
+    paper's code ran). Directional links are not exposed, so the symmetrisation is not redone
+    here. Sentence pairs with an empty side are left out (fast_align cannot align them).
+    """
+    import systran_align
+
+    usable = [n for n, (en, x) in enumerate(zip(en_words, x_words)) if en and x]
+    if not usable:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty
+    src = [_fastalign_tokens(en_words[n]) for n in usable]
+    tgt = [_fastalign_tokens(x_words[n]) for n in usable]
+    with tempfile.TemporaryDirectory(prefix="fastalign-") as tmp:
+        corpus, forward, backward = (str(Path(tmp) / name) for name in ("corpus.txt", "fwd.bin", "bwd.bin"))
+        with open(corpus, "w", encoding="utf-8") as handle:
+            for s, t in zip(src, tgt):
+                handle.write(f"{' '.join(s)} {FASTALIGN_SEPARATOR} {' '.join(t)}\n")
+        systran_align.generate_alignment_probabilities(
+            corpus,
+            forward,
+            backward,
+            iterations=context.fastalign_iterations,
+            favor_diagonal=context.fastalign_favor_diagonal,
+            optimize_tension=context.fastalign_optimize_tension,
+            variational_bayes=context.fastalign_variational_bayes,
+        )
+        aligner = systran_align.Aligner(forward, backward)
+        results = []
+        for start in range(0, len(src), FASTALIGN_CHUNK):
+            results.extend(aligner.align_batch(src[start : start + FASTALIGN_CHUNK], tgt[start : start + FASTALIGN_CHUNK]))
+    counts = [len(result["alignments"]) for result in results]
+    sentence = np.repeat(np.array(usable, dtype=np.int64), counts)
+    flat = [link for result in results for link in result["alignments"]]
+    links = np.array(flat, dtype=np.int64).reshape(-1, 2)
+    return sentence, links[:, 0], links[:, 1]
+
+
+def fastalign_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
+    sentence, src_index, tgt_index = fastalign_links(en_words, x_words, context)
+    return links_to_pairs(sentence, src_index, tgt_index, en_words, x_words)
+
+
+# --- awesome -----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder(name: str, device: str) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    model = AutoModel.from_pretrained(name).to(device).eval()
+    return tokenizer, model
+
+
+def _word_id_tensor(encoding: Any, batch_size: int, length: int) -> "torch.Tensor":
+    """Subword -> word index (-1 for special and padding tokens), from the tokenizer's word_ids."""
+    import torch
+
+    ids = [[-1 if w is None else w for w in encoding.word_ids(b)] for b in range(batch_size)]
+    return torch.tensor(ids, dtype=torch.long).reshape(batch_size, length)
+
+
+def awesome_links(
+    en_words: list[list[str]], x_words: list[list[str]], context: PairContext
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AWESOME-align links with softmax extraction (Dou & Neubig 2021, §2.1), re-implemented.
+
+    The `awesome-align` package pins transformers 3.x and does not run with the installed
+    transformers, so this follows its `get_aligned_word` / `guide_layer` over any transformers
+    encoder: each side is encoded on its own (words split into subwords, special tokens added);
+    S = H_en H_x^T with H the hidden states at `awesome_layer` (hidden_states index, 0 =
+    embeddings; AWESOME's default 8); softmax over target subwords (rows) and over source
+    subwords (columns), padding masked but special tokens inside the normalisation as in
+    AWESOME; a subword link is kept where both probabilities exceed the threshold (1e-3);
+    words are linked when any of their subwords are. Pre-trained encoder only (no fine-tuning).
+    """
+    import torch
+
+    tokenizer, model = _load_encoder(context.awesome_model, context.device)
+    num_layers = model.config.num_hidden_layers
+    if not 0 <= context.awesome_layer <= num_layers:
+        raise ValueError(
+            f"setting awesome_layer={context.awesome_layer} out of range for {context.awesome_model} "
+            f"(hidden_states 0..{num_layers})"
+        )
+    max_length = min(context.awesome_max_length, tokenizer.model_max_length)
+    # Batches of similar lengths waste less padding; order does not change the result.
+    order = sorted(range(len(en_words)), key=lambda n: (len(en_words[n]) + len(x_words[n]), n))
+    order = [n for n in order if en_words[n] and x_words[n]]
+    found = []
+    for start in range(0, len(order), context.awesome_batch_size):
+        batch = order[start : start + context.awesome_batch_size]
+        sides = []
+        for words in ([en_words[n] for n in batch], [x_words[n] for n in batch]):
+            encoding = tokenizer(
+                words, is_split_into_words=True, truncation=True, max_length=max_length,
+                padding=True, return_tensors="pt",
+            )
+            with torch.inference_mode():
+                output = model(
+                    input_ids=encoding["input_ids"].to(context.device),
+                    attention_mask=encoding["attention_mask"].to(context.device),
+                    output_hidden_states=True,
+                )
+            hidden = output.hidden_states[context.awesome_layer].float()
+            word_ids = _word_id_tensor(encoding, len(batch), encoding["input_ids"].shape[1]).to(context.device)
+            sides.append((hidden, encoding["attention_mask"].to(context.device).bool(), word_ids))
+        (h_en, mask_en, wid_en), (h_x, mask_x, wid_x) = sides
+        similarity = torch.bmm(h_en, h_x.transpose(1, 2))  # [batch, en subwords, x subwords]
+        blocked = torch.finfo(similarity.dtype).min
+        en_to_x = similarity.masked_fill(~mask_x[:, None, :], blocked).softmax(dim=-1)
+        x_to_en = similarity.masked_fill(~mask_en[:, :, None], blocked).softmax(dim=-2)
+        keep = (en_to_x > context.awesome_threshold) & (x_to_en > context.awesome_threshold)
+        keep &= (wid_en >= 0)[:, :, None] & (wid_x >= 0)[:, None, :]
+        b, i, j = keep.nonzero(as_tuple=True)
+        sentence_ids = torch.tensor(batch, dtype=torch.long, device=context.device)
+        found.append(torch.stack([sentence_ids[b], wid_en[b, i], wid_x[b, j]], dim=1).cpu())
+    if not found:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty
+    links = torch.unique(torch.cat(found), dim=0).numpy()
+    return links[:, 0], links[:, 1], links[:, 2]
+
+
+def awesome_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
+    sentence, src_index, tgt_index = awesome_links(en_words, x_words, context)
+    return links_to_pairs(sentence, src_index, tgt_index, en_words, x_words)
+
+
+# --- registry and cached extraction ------------------------------------------------------------------
+
+PairSource = Callable[[list[list[str]], list[list[str]], str, PairContext], pd.DataFrame]
+
+PAIR_SOURCES: dict[str, PairSource] = {
+    "dico": dico_source,
+    "fastalign": fastalign_source,
+    "awesome": awesome_source,
+}
+
+
+def get_pair_source(name: str) -> PairSource:
+    if name not in PAIR_SOURCES:
+        close = difflib.get_close_matches(name, PAIR_SOURCES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown pair source {name!r}{hint}; known: {', '.join(PAIR_SOURCES)}")
+    return PAIR_SOURCES[name]
+
+
+def _save_segmented(value: tuple[list[list[str]], list[list[str]]], path: Path) -> None:
+    en_words, x_words = value
+    words = pa.list_(pa.string())
+    pq.write_table(pa.table({"en": pa.array(en_words, type=words), "x": pa.array(x_words, type=words)}), path)
+
+
+def _load_segmented(path: Path) -> tuple[list[list[str]], list[list[str]]]:
+    table = pq.read_table(path)
+    return table.column("en").to_pylist(), table.column("x").to_pylist()
+
+
+def _save_pairs(pairs: pd.DataFrame, path: Path) -> None:
+    pairs.to_parquet(path, index=False)
+
+
+def _load_pairs(path: Path) -> pd.DataFrame:
+    pairs = pd.read_parquet(path)
+    dtypes = {"sentence": np.int64, "src_index": np.int64, "tgt_index": np.int64, "src_word": str, "tgt_word": str}
+    return pairs.astype(dtypes)[list(PAIR_COLUMNS)]
+
+
+def corpus_fingerprint(lines: list[tuple[str, str]]) -> str:
+    """A short hash of a parallel corpus' text: cached pairs follow the data, not just its name."""
+    digest = hashlib.sha256()
+    for en, x in lines:
+        digest.update(en.encode("utf-8") + b"\t" + x.encode("utf-8") + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def extract_pairs(
+    corpus: str,
+    lang: str,
+    source: str,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    subset: Subset | None = None,
+    context: PairContext | None = None,
+) -> AlignedCorpus:
+    """Load `corpus` (en-`lang`), segment it and extract word pairs with `source`, cached.
+
+    Explicit `data_dir` / `cache_dir` take precedence over the context's. Cache files live under
+    `<cache dir>/pairs/` and are keyed by corpus, language, subset, segmentation, the corpus
+    text itself (a hash) and, for pairs, the source and its settings.
+    """
+    pair_source = get_pair_source(source)
+    context = context or PairContext()
+    data_dir = data_dir if data_dir is not None else context.data_dir
+    cache_dir = cache_dir if cache_dir is not None else context.cache_dir
+    context = dataclasses.replace(context, data_dir=data_dir, cache_dir=cache_dir)
+    subset = subset or Subset()
+
+    lines = load_parallel(corpus, lang, data_dir, cache_dir, subset)
+    text_hash = corpus_fingerprint(lines)
+    segmentation = {"en": segmentation_id("en"), lang: segmentation_id(lang)}
+    base = dict(corpus=corpus, lang=lang, subset=subset.key, text=text_hash, segmentation=segmentation)
+    folder = resolve_cache_dir(cache_dir) / "pairs"
+    stem = f"{corpus}-en-{lang}-{subset.key}"
+
+    en_words, x_words = cached(
+        folder / f"{stem}-segmented-{cache_key(**base)}.parquet",
+        lambda: (segment_corpus([en for en, _ in lines], "en"), segment_corpus([x for _, x in lines], lang)),
+        _save_segmented,
+        _load_segmented,
+    )
+    pairs_key = cache_key(**base, source=source, settings=context.cache_parts(source), version=PAIRS_FORMAT_VERSION)
+    pairs = cached(
+        folder / f"{stem}-{source}-{pairs_key}.parquet",
+        lambda: pair_source(en_words, x_words, lang, context),
+        _save_pairs,
+        _load_pairs,
+    )
+    return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs)

@@ -1,0 +1,51 @@
+"""Device, precision and seeding: the few runtime decisions every phase shares."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from trainables.settings import Settings
+
+
+def resolve_device(settings: Settings) -> torch.device:
+    if settings.device != "auto":
+        return torch.device(settings.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(settings: Settings, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU (issue: "On GPU, bf16 autocast"); full precision on CPU by default."""
+    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; deterministic kernels where torch offers them on CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def configure_threads(settings: Settings) -> None:
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Evaluation mode and no gradients, restoring the previous training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,234 @@
+"""Downstream tasks (paper §4, Table 1): labels, featurisation, metric and model class.
+
+- `udpos`: UPOS tagging (17 tags), accuracy over words.
+- `wikiann`: NER with IOB2 tags (PER, ORG, LOC), entity-level F1 by seqeval in its default mode.
+  The default mode is conlleval-compatible (an I- tag after O opens an entity); it is what the
+  reference code got from HF `load_metric("seqeval")` with no `mode` argument, so it is kept here to
+  match the published numbers (strict IOB2 mode would score ill-formed predictions lower).
+- `xnli`: sentence-pair classification (premise, hypothesis), accuracy; trained on MultiNLI.
+
+Token tasks put a word's label on its first subword, the other subwords getting IGNORE_INDEX
+(PAPER-NOTES; `encoding.first_subword_labels`). Words truncated away by `task_max_length` have no
+label: they are neither trained on nor scored.
+
+Featurisation happens once per dataset (`featurize`), into flat token tensors plus offsets;
+`Features.collate` pads a batch dynamically to its longest example.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from seqeval.metrics import f1_score as seqeval_f1_score
+from torch.nn.utils.rnn import pad_sequence
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from trainables.encoding import IGNORE_INDEX, encode_words, first_subword_labels
+from trainables.settings import Settings
+
+UPOS_TAGS: tuple[str, ...] = (
+    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",
+    "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X",
+)
+WIKIANN_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
+NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
+FEATURIZE_CHUNK = 1024  # examples tokenised per call (bounds the padded chunk's memory)
+PAD_TOKEN_TYPE = 0
+
+TaskKind = Literal["token", "sequence"]
+Metric = Callable[[Sequence[Sequence[str]], Sequence[Sequence[str]]], float]
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: gold and predicted label strings, one list per example (one element for NLI)
+
+
+def accuracy(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> float:
+    """Fraction of correct labels over all words (token tasks) or examples (one label each)."""
+    total = sum(len(g) for g in gold)
+    if total == 0:
+        raise ValueError("accuracy of an empty evaluation set")
+    correct = sum(g == p for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps))
+    return correct / total
+
+
+def entity_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> float:
+    """Entity-level micro F1, seqeval default (conlleval-compatible) mode; see module docstring."""
+    return float(seqeval_f1_score([list(g) for g in gold], [list(p) for p in predicted], zero_division=0))
+
+
+# --------------------------------------------------------------------------------------------
+# Featurised data
+
+
+@dataclass
+class Features:
+    """A featurised dataset: per-example token sequences stored flat, padded only when batched.
+
+    `tokens[name][offsets[i]:offsets[i+1]]` is column `name` (input_ids, token_type_ids, ...) of
+    example i. Token tasks: `labels` is flat like the tokens; sequence tasks: one label per example.
+    """
+
+    kind: TaskKind
+    tokens: dict[str, torch.Tensor]
+    offsets: torch.Tensor  # (n + 1,) long
+    labels: torch.Tensor
+    pad_token_id: int
+    lengths: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lengths = (self.offsets[1:] - self.offsets[:-1]).numpy()
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def example_labels(self, i: int) -> torch.Tensor:
+        return self.labels[self.offsets[i] : self.offsets[i + 1]] if self.kind == "token" else self.labels[i]
+
+    def collate(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Model inputs for these examples, padded to the longest of them, with `labels`."""
+        starts = self.offsets[list(indices)].tolist()
+        stops = self.offsets[[i + 1 for i in indices]].tolist()
+        batch: dict[str, torch.Tensor] = {}
+        for name, flat in self.tokens.items():
+            pad = self.pad_token_id if name == "input_ids" else PAD_TOKEN_TYPE
+            batch[name] = pad_sequence([flat[a:b] for a, b in zip(starts, stops)], batch_first=True, padding_value=pad)
+        lengths = torch.tensor([b - a for a, b in zip(starts, stops)])
+        batch["attention_mask"] = (torch.arange(int(lengths.max())) < lengths.unsqueeze(1)).long()
+        if self.kind == "token":
+            batch["labels"] = pad_sequence(
+                [self.labels[a:b] for a, b in zip(starts, stops)], batch_first=True, padding_value=IGNORE_INDEX
+            )
+        else:
+            batch["labels"] = self.labels[list(indices)]
+        return batch
+
+
+def _flatten_rows(padded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return padded[mask.bool()]  # row-major: example 0's tokens, then example 1's, ...
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: TaskKind
+    labels: tuple[str, ...]
+    metric: Metric
+    metric_name: str
+    model_class: Any  # AutoModelForTokenClassification or AutoModelForSequenceClassification
+
+    @property
+    def label_to_id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """`from_pretrained`/config arguments that size and name the classification head."""
+        return {
+            "num_labels": len(self.labels),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": self.label_to_id,
+        }
+
+    def load_model(self, path: str, **kwargs: Any) -> PreTrainedModel:
+        return self.model_class.from_pretrained(path, **self.model_kwargs(), **kwargs)
+
+    def _label_ids(self, values: Sequence[str], where: str) -> list[int]:
+        table = self.label_to_id
+        try:
+            return [table[v] for v in values]
+        except KeyError:
+            bad = next(v for v in values if v not in table)
+            raise ValueError(f"{where}: label {bad!r} is not a {self.name} label ({', '.join(self.labels)})") from None
+
+    def featurize(
+        self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Mapping[str, Any]], settings: Settings
+    ) -> Features:
+        """Tokenise once; token tasks via `encode_words` (labels on first subwords), NLI as a pair."""
+        if self.kind == "token":
+            return self._featurize_words(tokenizer, examples, settings)
+        return self._featurize_pairs(tokenizer, examples, settings)
+
+    def _featurize_words(
+        self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Mapping[str, Any]], settings: Settings
+    ) -> Features:
+        columns: dict[str, list[torch.Tensor]] = {}
+        labels, lengths = [], []
+        for start in range(0, len(examples), FEATURIZE_CHUNK):
+            chunk = examples[start : start + FEATURIZE_CHUNK]
+            words, label_ids = [], []
+            for i, example in enumerate(chunk, start):
+                if len(example["words"]) != len(example["labels"]):
+                    raise ValueError(
+                        f"{self.name} example {i}: {len(example['words'])} words but {len(example['labels'])} labels"
+                    )
+                words.append(example["words"])
+                label_ids.append(self._label_ids(example["labels"], f"{self.name} example {i}"))
+            encoded = encode_words(tokenizer, words, settings.task_max_length)
+            mask = encoded.inputs["attention_mask"]
+            for name, values in encoded.inputs.items():
+                if name != "attention_mask":
+                    columns.setdefault(name, []).append(_flatten_rows(values, mask))
+            labels.append(_flatten_rows(first_subword_labels(encoded, label_ids), mask))
+            lengths.append(mask.sum(1))
+        return self._features(columns, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), lengths, tokenizer)
+
+    def _featurize_pairs(
+        self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Mapping[str, Any]], settings: Settings
+    ) -> Features:
+        columns: dict[str, list[torch.Tensor]] = {}
+        lengths = []
+        for start in range(0, len(examples), FEATURIZE_CHUNK):
+            chunk = examples[start : start + FEATURIZE_CHUNK]
+            encoded = tokenizer(
+                [e["premise"] for e in chunk],
+                [e["hypothesis"] for e in chunk],
+                truncation=True,
+                max_length=settings.task_max_length,
+            )
+            for name, rows in encoded.items():
+                if name != "attention_mask":
+                    columns.setdefault(name, []).append(torch.tensor([t for row in rows for t in row], dtype=torch.long))
+            lengths.append(torch.tensor([len(row) for row in encoded["input_ids"]], dtype=torch.long))
+        label_ids = self._label_ids([e["label"] for e in examples], f"{self.name} examples")
+        return self._features(columns, torch.tensor(label_ids, dtype=torch.long), lengths, tokenizer)
+
+    def _features(
+        self,
+        columns: Mapping[str, list[torch.Tensor]],
+        labels: torch.Tensor,
+        lengths: list[torch.Tensor],
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> Features:
+        all_lengths = torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long)
+        offsets = torch.cat((torch.zeros(1, dtype=torch.long), torch.cumsum(all_lengths, 0)))
+        tokens = {name: torch.cat(parts) for name, parts in columns.items()}
+        return Features(self.kind, tokens, offsets, labels, int(tokenizer.pad_token_id))
+
+
+TASKS: dict[str, Task] = {
+    "udpos": Task("udpos", "token", UPOS_TAGS, accuracy, "accuracy", AutoModelForTokenClassification),
+    "wikiann": Task("wikiann", "token", WIKIANN_TAGS, entity_f1, "f1", AutoModelForTokenClassification),
+    "xnli": Task("xnli", "sequence", NLI_LABELS, accuracy, "accuracy", AutoModelForSequenceClassification),
+}
+
+
+def get_task(task: str | Task) -> Task:
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        close = difflib.get_close_matches(task, TASKS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown task {task!r}{hint}; valid: {', '.join(TASKS)}")
+    return TASKS[task]

@@ -1,0 +1,214 @@
+"""One trial of the sweep, as one linear function in named phases (no Ray here).
+
+    load -> measure pretrained alignment -> realign (`before`) -> fine-tune (with `joint`)
+         -> measure fine-tuned alignment and scores
+
+Everything resumable lives in one dict, the checkpoint (`state`): which phases are done, their
+metrics, and the live training state of the phase in progress (model, optimizer, scheduler,
+RNG, realignment stream position). `report(metrics, state)` hands progress out; with a state,
+the caller stores it as the checkpoint. Given back that state, `run_trial` continues where it
+stopped: a finished phase is never run again.
+
+Work shared between trials (word pairs, featurised task data, the pre-trained model's alignment)
+is cached on disk under `cache_dir` (file-locked, atomic), so concurrent trials compute it once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from trainables.alignment import alignment_metrics, measure_alignment
+from trainables.cache import cache_key, cached
+from trainables.data import Subset, load_task_split, resolve_cache_dir, resolve_data_dir
+from trainables.finetuning import (
+    cross_lingual_transfer,
+    evaluate,
+    fine_tune,
+    realign_sequentially,
+    sequential_realign_steps,
+)
+from trainables.pairs import AlignedCorpus, PairContext, extract_pairs
+from trainables.realignment import build_realigner, get_realign_method
+from trainables.runtime import configure_threads, resolve_device, seed_everything
+from trainables.settings import Settings, make_settings
+from trainables.tasks import Features, Task, get_task
+
+Reporter = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], None]
+STATE_VERSION = 1
+SOURCE_LANG = "en"
+REPORT_EVERY_STEPS = 25  # training progress reports (loss, step, epoch) between checkpoints
+REALIGN_CHECKPOINT_EVERY = 500  # sequential realignment can be long (XNLI: ~24.5k steps)
+
+
+@dataclass
+class TrialInputs:
+    """What the `load` phase produces: everything read from disk, nothing trained."""
+
+    settings: Settings
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    train: Features
+    test: dict[str, Features]  # by language, English first
+    corpora: dict[str, AlignedCorpus]  # by target language
+
+
+def new_state(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {"version": STATE_VERSION, "config": dict(config), "done": [], "metrics": {}, "starts": 0}
+
+
+# --- phase: load ---------------------------------------------------------------------------------
+
+
+def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
+    task = get_task(config["task"])
+    tokenizer = AutoTokenizer.from_pretrained(config["model_source"])
+    subset = lambda n: Subset(n, settings.subset_mode, settings.subset_seed)  # noqa: E731
+    train = featurize_cached(task, tokenizer, config, settings, "train", SOURCE_LANG, subset(settings.train_subset))
+    test = {
+        lang: featurize_cached(task, tokenizer, config, settings, "test", lang, subset(settings.test_subset))
+        for lang in (SOURCE_LANG, *settings.langs)
+    }
+    context = PairContext.from_settings(settings)
+    corpora = {
+        lang: extract_pairs(config["corpus"], lang, config["pairs"], subset=subset(settings.parallel_subset),
+                            context=context)
+        for lang in settings.langs
+    }
+    return TrialInputs(settings, task, tokenizer, train, test, corpora)
+
+
+def featurize_cached(
+    task: Task, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any], settings: Settings,
+    split: str, lang: str, subset: Subset,
+) -> Features:
+    """Tokenised task data, shared by every trial with the same tokenizer and task slice."""
+    key = cache_key(tokenizer=config["model_source"], task=task.name, split=split, lang=lang, subset=subset.key,
+                    max_length=settings.task_max_length, data_dir=str(resolve_data_dir(settings.data_dir)))
+    path = resolve_cache_dir(settings.cache_dir) / "features" / f"{task.name}-{split}-{lang}-{key}.pt"
+
+    def compute() -> Features:
+        examples = load_task_split(task.name, split, lang, settings.data_dir, settings.cache_dir, subset)
+        return task.featurize(tokenizer, examples, settings)
+
+    return cached(path, compute, lambda value, p: torch.save(value, p),
+                  lambda p: torch.load(p, weights_only=False))
+
+
+def load_model(config: Mapping[str, Any], inputs: TrialInputs) -> PreTrainedModel:
+    model = inputs.task.load_model(config["model_source"])
+    return model.to(resolve_device(inputs.settings))
+
+
+# --- phase: measure ------------------------------------------------------------------------------
+
+
+def measure(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
+    """Alignment at every layer, strong and weak, both directions: {kind: {direction: {lang: {layer}}}}."""
+    table = measure_alignment(model, inputs.tokenizer, inputs.corpora, inputs.settings)
+    return alignment_metrics(table)
+
+
+def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
+    """The pre-trained model's alignment, shared by all trials of that model and evaluation pairs
+    (the task head does not change the encoder's hidden states)."""
+    s = inputs.settings
+    key = cache_key(model=config["model_source"], corpus=config["corpus"], pairs=config["pairs"], langs=s.langs,
+                    n=s.align_pairs, seed=s.align_seed, pooling=s.align_pooling, subset=s.parallel_subset,
+                    mode=s.subset_mode, max_length=s.align_max_length, data_dir=str(resolve_data_dir(s.data_dir)))
+    path = resolve_cache_dir(s.cache_dir) / "alignment" / f"pretrained-{key}.parquet"
+    table = cached(path, lambda: measure_alignment(model, inputs.tokenizer, inputs.corpora, s),
+                   lambda value, p: value.to_parquet(p, index=False), pd.read_parquet)
+    return alignment_metrics(table)
+
+
+def scores_and_transfer(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
+    scores = {lang: evaluate(model, inputs.tokenizer, inputs.task, features, inputs.settings)
+              for lang, features in inputs.test.items()}
+    return {"score": scores, "ctl": cross_lingual_transfer(scores, SOURCE_LANG)}
+
+
+# --- the trial -----------------------------------------------------------------------------------
+
+
+def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, report: Reporter) -> dict[str, Any]:
+    """Run (or continue) one trial; returns its final metrics (also the last `report`)."""
+    settings = make_settings(config.get("settings", {}), model=config["model"])
+    configure_threads(settings)
+    method = get_realign_method(config["realign"])
+    seed = int(config["seed"])
+    state = dict(checkpoint) if checkpoint else new_state(config)
+    state["starts"] += 1
+    metrics = state["metrics"]
+    started = time.monotonic()
+
+    def progress(info: Mapping[str, Any]) -> None:
+        if info["step"] % REPORT_EVERY_STEPS == 0:
+            report({"phase": info["phase"], "step": info["step"], "epoch": info.get("epoch", 0),
+                    "loss": float(info["loss"])}, None)
+
+    def checkpoint_now(phase: str, phase_state: Mapping[str, Any]) -> None:
+        state["in_progress"] = {"phase": phase, "state": phase_state}
+        if phase == "finetune":  # the fine-tuning state holds the weights from now on
+            state.pop("realigned_model", None)
+        report({"phase": phase, "step": phase_state.get("step", 0), "epoch": phase_state.get("epoch", 0),
+                }, state)
+
+    # load
+    inputs = load_inputs(config, settings)
+    seed_everything(seed)
+    model = load_model(config, inputs)
+    metrics["num_layers"] = model.config.num_hidden_layers
+
+    # measure: the pre-trained model
+    if "pretrained" not in state["done"]:
+        metrics.setdefault("align", {})["pretrained"] = pretrained_alignment(config, model, inputs)
+        state["done"].append("pretrained")
+        report({"phase": "pretrained"}, None)
+
+    in_progress = state.get("in_progress") or {}
+    if in_progress:  # continuing from a checkpoint taken inside a phase
+        metrics["resumed_at"] = f"{in_progress['phase']}:{in_progress['state'].get('epoch', in_progress['state'].get('step'))}"
+    # realign: sequential realignment before fine-tuning
+    if method.sequential and "realigned" not in state["done"]:
+        realigner = build_realigner(model, inputs.tokenizer, inputs.corpora, settings, seed, resolve_device(settings))
+        steps = sequential_realign_steps(len(inputs.train), settings)
+        resume = in_progress.get("state") if in_progress.get("phase") == "realign" else None
+
+        def realign_checkpoint(phase_state: Mapping[str, Any]) -> None:
+            if phase_state["step"] < steps:  # the final state is checkpointed below, with its metrics
+                checkpoint_now("realign", phase_state)
+
+        realign_sequentially(model, realigner, steps, settings, resume, seed=seed, on_step=progress,
+                             on_checkpoint=realign_checkpoint, checkpoint_every=REALIGN_CHECKPOINT_EVERY)
+        metrics["align"]["realigned"] = measure(model, inputs)
+        state["done"].append("realigned")
+        state["realigned_model"] = model.state_dict()
+        state["in_progress"] = None
+        report({"phase": "realigned"}, state)
+        in_progress = {}
+    elif method.sequential and state.get("realigned_model") is not None:
+        model.load_state_dict(state["realigned_model"])
+
+    # fine-tune (joint realignment adds its loss at every optimizer step)
+    if "finetuned" not in state["done"]:
+        realigner = (build_realigner(model, inputs.tokenizer, inputs.corpora, settings, seed, resolve_device(settings))
+                     if method.joint else None)
+        resume = in_progress.get("state") if in_progress.get("phase") == "finetune" else None
+        fine_tune(model, inputs.tokenizer, inputs.task, inputs.train, settings, resume, seed=seed, realign=realigner,
+                  on_step=progress, on_epoch_end=lambda s: checkpoint_now("finetune", s))
+        state["in_progress"] = None
+        # measure: the fine-tuned model
+        metrics["align"]["finetuned"] = measure(model, inputs)
+        metrics.update(scores_and_transfer(model, inputs))
+        state["done"].append("finetuned")
+
+    final = {**metrics, "phase": "done", "trial_starts": state["starts"],
+             "seconds_this_start": time.monotonic() - started}
+    report(final, None)
+    return final
