@@ -23,62 +23,60 @@ def format_duration(seconds: float | None) -> str:
 
 
 class SweepProgress(Callback):
-    """Counts trial states and estimates the time left from the finished trials' mean duration."""
+    """Counts trial states (from Tune's own trial list, so resumed sweeps count their finished
+    trials) and estimates the time left from the mean duration of trials finished here."""
 
-    def __init__(self, total: int, already_done: int = 0, console: Console | None = None) -> None:
+    def __init__(self, total: int, console: Console | None = None) -> None:
         self.total = total
-        self.done = already_done
-        self.failed = 0
-        self.running: dict[str, float] = {}  # trial id -> start time
+        self.counts = {"done": 0, "running": 0, "failed": 0}
+        self.started_at: dict[str, float] = {}  # trial id -> start time, trials started here
         self.durations: list[float] = []
-        self.last_metrics: dict[str, str] = {}
         self.started = time.monotonic()
         self.console = console or Console(stderr=True)
-        self.live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
+        self.live: Live | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune saves its callbacks with the experiment state; the live view stays with this driver.
+        return {**self.__dict__, "console": None, "live": None}
 
     # --- Tune callback hooks -------------------------------------------------------------------
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running[trial.trial_id] = time.monotonic()
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        statuses = [trial.status for trial in trials]
+        self.counts = {
+            "done": statuses.count("TERMINATED"),
+            "running": statuses.count("RUNNING"),
+            "failed": statuses.count("ERROR"),
+        }
         self.refresh()
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        phase = result.get("phase", "")
-        step = result.get("step")
-        self.last_metrics[trial.trial_id] = f"{phase} step {step}" if step is not None else str(phase)
-        self.refresh()
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started_at[trial.trial_id] = time.monotonic()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        start = self.running.pop(trial.trial_id, None)
+        start = self.started_at.pop(trial.trial_id, None)
         if start is not None:
             self.durations.append(time.monotonic() - start)
-        self.done += 1
-        self.refresh()
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running.pop(trial.trial_id, None)
-        self.failed += 1
-        self.refresh()
 
     # --- rendering -----------------------------------------------------------------------------
     @property
     def pending(self) -> int:
-        return max(self.total - self.done - self.failed - len(self.running), 0)
+        return max(self.total - sum(self.counts.values()), 0)
 
     def remaining_seconds(self) -> float | None:
         if not self.durations:
             return None
         mean = sum(self.durations) / len(self.durations)
-        parallel = max(len(self.running), 1)
-        return mean * (self.pending + len(self.running) / 2) / parallel
+        running = self.counts["running"]
+        return mean * (self.pending + running / 2) / max(running, 1)
 
     def render(self) -> Table:
         table = Table(title="sweep", show_header=True, header_style="bold")
         for column in ("done", "running", "failed", "pending", "elapsed", "remaining"):
             table.add_column(column, justify="right")
         table.add_row(
-            f"{self.done}/{self.total}",
-            str(len(self.running)),
-            str(self.failed),
+            f"{self.counts['done']}/{self.total}",
+            str(self.counts["running"]),
+            str(self.counts["failed"]),
             str(self.pending),
             format_duration(time.monotonic() - self.started),
             format_duration(self.remaining_seconds()),
@@ -86,12 +84,16 @@ class SweepProgress(Callback):
         return table
 
     def refresh(self) -> None:
-        self.live.update(self.render())
+        if self.live is not None:
+            self.live.update(self.render())
 
     def __enter__(self) -> "SweepProgress":
+        self.live = Live(self.render(), console=self.console or Console(stderr=True), refresh_per_second=2)
         self.live.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.refresh()
-        self.live.stop()
+        if self.live is not None:
+            self.live.stop()
+            self.live = None

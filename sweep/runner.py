@@ -114,8 +114,9 @@ def run_sweep(
     if tune.Tuner.can_restore(str(run_dir)):
         print(f"resuming {run_dir} (finished trials are kept; errored and unfinished ones continue)")
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
-        # the restored RunConfig has no live display: attach it to this driver
-        tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001 (no public hook on restore)
+        # Tune restores the RunConfig saved with the experiment, whose live display belonged to the
+        # dead driver; Tuner.restore takes no callbacks, so attach this driver's display here.
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001
     else:
         tuner = tune.Tuner(
             trainable,

@@ -47,6 +47,8 @@ def experiment_dir(tmp_path_factory) -> Path:
                 "realign": tune.grid_search(["none", "before"]), "pairs": "dico", "corpus": "ntrex",
                 "seed": tune.grid_search([0, 1]), "settings": {"epochs": 2},
             },
+            # One reused worker process: starting one per trial dominates the run time.
+            tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(storage), verbose=0),
         )
         grid = tuner.fit()
