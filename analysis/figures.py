@@ -36,7 +36,7 @@ from analysis.results import (  # noqa: E402
     task_order,
 )
 from analysis.stats import seed_statistics, spearman  # noqa: E402
-from analysis.tables import AVERAGE_LANGUAGE, BASELINE, REALIGNED_METHODS, Context, _chosen_corpus  # noqa: E402
+from analysis.tables import BASELINE, REALIGNED_METHODS, Context, chosen_corpus  # noqa: E402
 
 FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf")
 DPI = 150
@@ -96,7 +96,7 @@ def figure1(ctx: Context) -> FigureResult:
     if lang is None:
         return _placeholder(title, "no target-language scores")
     pairs = ctx.settings.preferred_pairs
-    corpus = _chosen_corpus(ctx, pairs)
+    corpus = chosen_corpus(ctx, pairs)
     stats = ctx.controlled[ctx.controlled["lang"] == lang]
     wanted = (stats["realign"] == BASELINE) | (
         (stats["pairs"] == pairs) & (stats["corpus"] == (corpus or "")) & stats["realign"].isin(REALIGNED_METHODS)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import files
-from analysis.render import MISSING, _escape_md
+from analysis.render import MISSING, escape_markdown
 from analysis.results import canonical_model, display_model, display_task
 
 PAPER_NUMBERS_FOLDER = "paper_numbers"  # inside the analysis package (package data)
@@ -120,7 +120,7 @@ def comparison_markdown(name: str, comparison: pd.DataFrame, title: str) -> str:
             for suffix in ("ours", "paper", "diff"):
                 number = row[f"{value}_{suffix}"]
                 cells.append(MISSING if not np.isfinite(number) else f"{number:+.{digits}f}" if suffix == "diff" else f"{number:.{digits}f}")
-        lines.append("| " + " | ".join(_escape_md(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(escape_markdown(c) for c in cells) + " |")
     present = comparison[[f"{v}_ours" for v in spec.values]].notna().any(axis=1)
     lines.append("")
     lines.append(f"- {int(present.sum())} of {len(comparison)} published cells present in this run")

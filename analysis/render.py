@@ -73,7 +73,8 @@ def _legend(grid: Grid) -> list[str]:
     return [f"{MARKS[m][0]} {MARKS[m][2]}" for m in MARKS if m in used]
 
 
-def _escape_md(text: str) -> str:
+def escape_markdown(text: str) -> str:
+    """Escape the pipe so a cell cannot split a Markdown table row."""
     return str(text).replace("|", "\\|")
 
 
@@ -83,7 +84,7 @@ def to_markdown(grid: Grid, title: str) -> str:
     names, rows = _row_labels(grid)
     columns = [" ".join(str(p) for p in c if str(p)) for c in _column_labels(grid)]
     header = [*names, *columns]
-    lines = [f"# {title}", "", "| " + " | ".join(_escape_md(h) for h in header) + " |"]
+    lines = [f"# {title}", "", "| " + " | ".join(escape_markdown(h) for h in header) + " |"]
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for i, labels in enumerate(rows):
         cells = []
@@ -91,7 +92,7 @@ def to_markdown(grid: Grid, title: str) -> str:
             text = str(grid.cells.iat[i, j])
             mark = grid.mark_of(i, j)
             cells.append(f"{text} {MARKS[mark][0]}" if mark else text)
-        lines.append("| " + " | ".join(_escape_md(c) for c in [*labels, *cells]) + " |")
+        lines.append("| " + " | ".join(escape_markdown(c) for c in [*labels, *cells]) + " |")
     extra = _legend(grid) + grid.notes
     if extra:
         lines.append("")

@@ -91,9 +91,10 @@ def missing_summary(trials: pd.DataFrame) -> list[str]:
             for (m, t, r, p, c, cond), n in few.items()
         ]
         lines.extend(_listed(listed))
-    no_score = trials[trials.get(f"score/{results.SOURCE_LANGUAGE}", pd.Series(index=trials.index, dtype=float)).isna()]
-    if len(no_score):
-        lines.append(f"{len(no_score)} trial(s) without an English score")
+    english = f"score/{results.SOURCE_LANGUAGE}"
+    no_score = len(trials) if english not in trials.columns else int(trials[english].isna().sum())
+    if no_score:
+        lines.append(f"{no_score} trial(s) without an English score")
     align_columns = [c for c in trials.columns if results.ALIGN_PATTERN.match(c)]
     for stage in (results.STAGE_BEFORE, results.STAGE_AFTER):
         columns = [c for c in align_columns if c.split("/")[1] == stage]

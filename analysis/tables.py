@@ -465,7 +465,9 @@ def _stat_notes(frame: pd.DataFrame, what: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Controlled experiment (Tables 4, 5, 6, 13-17)
 # ---------------------------------------------------------------------------------------------
-def _chosen_corpus(ctx: Context, pairs: str | None) -> str | None:
+def chosen_corpus(ctx: Context, pairs: str | None) -> str | None:
+    """The realignment corpus of the condensed tables (4-6) and Figure 1: the paper's (OPUS-100)
+    if realigned trials (with ``pairs``, if given) used it, else the most common; None if none."""
     realigned = ctx.controlled[ctx.controlled["realign"] != BASELINE]
     if pairs is not None:
         realigned = realigned[realigned["pairs"] == pairs]
@@ -538,7 +540,7 @@ def table4(trials: pd.DataFrame | Context, settings: AnalysisSettings = DEFAULT_
     realignment before/joint with dictionary pairs (the paper's corpus OPUS-100 if run)."""
     ctx = _context(trials, settings)
     pairs = ctx.settings.preferred_pairs
-    corpus = _chosen_corpus(ctx, pairs)
+    corpus = chosen_corpus(ctx, pairs)
     methods = [(m, pairs) for m in REALIGNED_METHODS]
     tasks = _tasks(ctx, ctx.controlled)
     models = model_order(ctx.controlled["model"].unique())
@@ -554,7 +556,7 @@ def table5(trials: pd.DataFrame | Context, settings: AnalysisSettings = DEFAULT_
     dictionary pairs (the paper shows distilmBERT and XLM-R; every model run is shown here)."""
     ctx = _context(trials, settings)
     pairs = ctx.settings.preferred_pairs
-    corpus = _chosen_corpus(ctx, pairs)
+    corpus = chosen_corpus(ctx, pairs)
     methods = [(m, pairs) for m in REALIGNED_METHODS]
     return _controlled_table(ctx, ["udpos"], corpus, methods, ctx.targets, extra_notes=_corpus_note(corpus))
 
@@ -563,7 +565,7 @@ def table6(trials: pd.DataFrame | Context, settings: AnalysisSettings = DEFAULT_
     """Table 6: XLM-R Base's score averaged over target languages for every realignment method
     and pair source, POS and NER (every model present when XLM-R Base was not run)."""
     ctx = _context(trials, settings)
-    corpus = _chosen_corpus(ctx, None)
+    corpus = chosen_corpus(ctx, None)
     present = model_order(ctx.controlled["model"].unique())
     models = [m for m in present if canonical_model(m) in ctx.settings.table6_models] or present
     tasks = task_order(["udpos", "wikiann"])
@@ -609,9 +611,10 @@ def _fmt_ci(rho: float, low: float, high: float) -> str:
 
 def _grid(frame: pd.DataFrame, rows: list[str], columns: list[str], cell: Callable[[pd.Series], str],
           mark: Callable[[pd.Series], str] | None = None, absent: str = MISSING,
-          row_label: Callable[[tuple], tuple] | None = None, column_label: Callable[[tuple], tuple] | None = None) -> Grid:
+          row_label: Callable[[tuple], tuple] | None = None, column_label: Callable[[tuple], tuple] | None = None,
+          row_names: list[str] | None = None) -> Grid:
     """Lay a long frame out as a grid: ``rows`` and ``columns`` name the key columns, in the
-    order they first appear in ``frame``."""
+    order they first appear in ``frame``; ``row_names`` head the row-label columns."""
     notes = list(frame.attrs.get("notes", []))
     row_keys = list(dict.fromkeys(tuple(r) for r in frame[rows].itertuples(index=False)))
     column_keys = list(dict.fromkeys(tuple(c) for c in frame[columns].itertuples(index=False)))
@@ -630,6 +633,8 @@ def _grid(frame: pd.DataFrame, rows: list[str], columns: list[str], cell: Callab
     shown_columns = [column_label(k) for k in column_keys]
     cells.index = pd.MultiIndex.from_tuples(shown_rows) if shown_rows and len(shown_rows[0]) > 1 else pd.Index([r[0] for r in shown_rows])
     cells.columns = pd.MultiIndex.from_tuples(shown_columns) if shown_columns and len(shown_columns[0]) > 1 else pd.Index([c[0] for c in shown_columns])
+    if row_names is not None:
+        cells.index = cells.index.set_names(row_names)
     marks.index, marks.columns = cells.index, cells.columns
     return Grid(cells=cells, marks=marks, notes=notes)
 
@@ -651,32 +656,33 @@ def render(name: str, frame: pd.DataFrame, settings: AnalysisSettings = DEFAULT_
     task_label = lambda k: (display_task(k[0]), *k[1:])  # noqa: E731
     if name == "table2":
         return _grid(frame, ["task", "layer"], ["kind", "stage"], lambda r: _fmt(r["rho"], 2),
-                     _ns_mark(settings.significance_level), row_label=task_label)
+                     _ns_mark(settings.significance_level), row_label=task_label, row_names=["task", "layer"])
     if name in ("table8", "table9"):
         return _grid(frame, ["task", "layer"], ["direction", "stage"],
                      lambda r: _fmt_ci(r["rho"], r["ci_low"], r["ci_high"]), row_label=task_label,
-                     column_label=lambda k: ("en-X" if k[0] == "en-x" else "X-en", k[1]))
+                     column_label=lambda k: ("en-X" if k[0] == "en-x" else "X-en", k[1]), row_names=["task", "layer"])
     if name == "table11":
         return _grid(frame, ["task", "model", "layer"], ["stage"], lambda r: _fmt_ci(r["rho"], r["ci_low"], r["ci_high"]),
-                     row_label=lambda k: (display_task(k[0]), display_model(k[1]), k[2]))
+                     row_label=lambda k: (display_task(k[0]), display_model(k[1]), k[2]),
+                     row_names=["task", "model", "layer"])
     if name == "table12":
         rank = {t: i for i, t in enumerate(task_order(frame["task"].unique()))}
         ordered = frame.assign(_rank=frame["task"].map(rank)).sort_values(["_rank", "depth"], kind="stable")
         return _grid(ordered, ["task", "layer"], ["model", "stage"], lambda r: _fmt(r["rho"], 2),
                      absent=NOT_APPLICABLE, row_label=task_label,
-                     column_label=lambda k: (display_model(k[0]), k[1]))
+                     column_label=lambda k: (display_model(k[0]), k[1]), row_names=["task", "layer"])
     if name in ("table3", "table10"):
         cell = (lambda r: _fmt(r["mean"], 2)) if name == "table3" else (lambda r: _fmt_mean_std(r["mean"], r["std"], 2))
         return _grid(frame, ["task", "model"], ["lang"], cell,
                      row_label=lambda k: (display_task(k[0]), display_model(k[1])),
-                     column_label=lambda k: (f"en-{k[0]}",))
+                     column_label=lambda k: (f"en-{k[0]}",), row_names=["task", "model"])
     if name == "table4":
         return _grid(frame, ["model", "realign", "pairs"], ["task"], lambda r: _fmt(r["mean"], 1), lambda r: r["mark"],
                      row_label=lambda k: _method_label(("", k[0], k[1], "")),
                      column_label=lambda k: (display_task(k[0]),))
     if name == "table5":
         return _grid(frame, ["model", "realign", "pairs"], ["lang"], lambda r: _fmt(r["mean"], 1), lambda r: r["mark"],
-                     row_label=lambda k: _method_label(("", k[0], k[1], "")))
+                     row_label=lambda k: _method_label(("", k[0], k[1], "")), row_names=["POS"])
     if name == "table6":
         return _grid(frame, ["model", "realign", "pairs"], ["task"], lambda r: _fmt(r["mean"], 1), lambda r: r["mark"],
                      row_label=lambda k: _method_label(("", *k)),

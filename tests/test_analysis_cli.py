@@ -57,7 +57,7 @@ def test_trials_table_has_one_row_per_trial(full_run):
 
 def test_report_links_resolve_and_state_the_run_size(full_run):
     report = (full_run / "report.md").read_text()
-    assert "204 trials; 4 model(s); 3 task(s); 5 target language(s); 2 seed(s)." in report
+    assert "240 trials; 4 model(s); 3 task(s); 5 target language(s); 2 seed(s)." in report
     links = re.findall(r"\]\(([^)]+)\)", report)
     assert len(links) >= 2 + 3 * len(PAPER_TABLE_NAMES) + 2 * len(figures.FIGURES) + 2 * len(PAPER_TABLE_NAMES)
     for link in links:
@@ -69,7 +69,7 @@ def test_report_links_resolve_and_state_the_run_size(full_run):
 def test_table_csv_matches_the_table_function(full_run):
     trials = pd.read_parquet(full_run / "trials.parquet")
     settings = tables.AnalysisSettings()
-    ours = tables.table13(trials, settings) if hasattr(tables, "table13") else tables.controlled_table(trials, "udpos", "opus100", settings)
+    ours = tables.controlled_table(trials, "udpos", "opus100", settings)
     written = pd.read_csv(full_run / "tables" / "table13.csv", keep_default_na=True)
     assert len(written) == len(ours)
     assert written["mean"].to_numpy() == pytest.approx(ours["mean"].to_numpy())

@@ -226,7 +226,7 @@ def test_table3_keeps_the_papers_three_languages():
     frame = tables.table3(alignment_change_trials(), FAST)
     assert sorted(frame["lang"].unique()) == ["ar", "es", "ru"]
     markdown = to_markdown(tables.render("table3", frame, FAST), "Table 3")
-    assert "| task | model | en-ar | en-es | en-ru |" in markdown.replace("|  |  |", "| task | model |")
+    assert "| task | model | en-ar | en-es | en-ru |" in markdown
     assert "| POS | m | 0.00 | 0.50 | -0.50 |" in markdown
 
 

@@ -43,7 +43,7 @@ def test_two_trial_sweep_on_real_data_reports_every_metric(local_ray, tmp_path, 
         name="two",
         models={"e5-small": dict(source=str(e5_small), cpu=1, gpu=0.25)},
         settings=dict(data_dir=str(shared_data), langs=langs, epochs=1, batch_size=8, micro_batch_size=8,
-                      train_subset=24, test_subset=12, parallel_subset=120, align_pairs=60),
+                      train_subset=16, test_subset=8, parallel_subset=80, align_pairs=40),
         grids=[dict(model=["e5-small"], task=["udpos"], realign=["before", "joint"], pairs=["dico"],
                     corpus=["ntrex"], seed=[0])],
     ))

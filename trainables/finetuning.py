@@ -84,14 +84,18 @@ class LinearWarmupDecay:
 
 
 def make_optimizer(parameters: Sequence[nn.Parameter], settings: Settings) -> torch.optim.AdamW:
-    """AdamW; matrices get `weight_decay`, vectors (biases, norm weights) none."""
-    decayed = [p for p in parameters if p.requires_grad and p.ndim >= 2]
-    not_decayed = [p for p in parameters if p.requires_grad and p.ndim < 2]
+    """AdamW; matrices get `weight_decay`, vectors (biases, norm weights) none.
+
+    Frozen parameters (requires_grad False) are left out. On CUDA the fused kernel is used (one
+    launch for all parameters; same update rule).
+    """
+    trainable = [p for p in parameters if p.requires_grad]
     groups = [
-        {"params": decayed, "weight_decay": settings.weight_decay},
-        {"params": not_decayed, "weight_decay": 0.0},
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=settings.learning_rate)
+    on_cuda = bool(trainable) and all(p.is_cuda for p in trainable)
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, fused=on_cuda or None)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:

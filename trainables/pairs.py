@@ -27,7 +27,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ import pyarrow.parquet as pq
 from trainables.cache import cache_key, cached
 from trainables.data import Subset, load_dictionary, load_parallel, resolve_cache_dir
 from trainables.segmentation import segment_corpus, segmentation_id
+
+if TYPE_CHECKING:  # torch and transformers are imported where used: the sweep driver stays light
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +305,7 @@ def _load_encoder(name: str, device: str) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def _word_id_tensor(encoding: Any, batch_size: int, length: int) -> "torch.Tensor":
+def _word_id_tensor(encoding: Any, batch_size: int, length: int) -> torch.Tensor:
     """Subword -> word index (-1 for special and padding tokens), from the tokenizer's word_ids."""
     import torch
 
@@ -315,14 +318,17 @@ def awesome_links(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AWESOME-align links with softmax extraction (Dou & Neubig 2021, §2.1), re-implemented.
 
-    The `awesome-align` package pins transformers 3.x and does not run with the installed
-    transformers, so this follows its `get_aligned_word` / `guide_layer` over any transformers
-    encoder: each side is encoded on its own (words split into subwords, special tokens added);
-    S = H_en H_x^T with H the hidden states at `awesome_layer` (hidden_states index, 0 =
-    embeddings; AWESOME's default 8); softmax over target subwords (rows) and over source
-    subwords (columns), padding masked but special tokens inside the normalisation as in
-    AWESOME; a subword link is kept where both probabilities exceed the threshold (1e-3);
-    words are linked when any of their subwords are. Pre-trained encoder only (no fine-tuning).
+    The `awesome-align` package (0.1.7) vendors its own 2020 copy of BERT and its WordPiece
+    tokenizer, so it only runs BERT checkpoints with a vocab.txt (not e5-small's or XLM-R's
+    sentencepiece tokenizers) and not through the installed transformers. This follows its
+    `get_aligned_word` and `BertGuideHead` over any transformers encoder: each side is encoded
+    on its own, words split into subwords (`is_split_into_words`, like its per-word
+    `tokenizer.tokenize`); S = H_en H_x^T with H the hidden states at `awesome_layer`
+    (hidden_states index, 0 = embeddings; its default 8 = the output of the 8th layer);
+    softmax over target subwords (rows) and over source subwords (columns) with padding and
+    special tokens masked out, as its guide head does; a subword link is kept where both
+    probabilities exceed the threshold (1e-3); two words are linked when any of their subwords
+    are. Pre-trained encoder only (no alignment fine-tuning), as in the paper.
     """
     import torch
 
@@ -354,14 +360,15 @@ def awesome_links(
                 )
             hidden = output.hidden_states[context.awesome_layer].float()
             word_ids = _word_id_tensor(encoding, len(batch), encoding["input_ids"].shape[1]).to(context.device)
-            sides.append((hidden, encoding["attention_mask"].to(context.device).bool(), word_ids))
-        (h_en, mask_en, wid_en), (h_x, mask_x, wid_x) = sides
+            sides.append((hidden, word_ids))
+        (h_en, wid_en), (h_x, wid_x) = sides
+        is_word_en, is_word_x = wid_en >= 0, wid_x >= 0  # False on special tokens and padding
         similarity = torch.bmm(h_en, h_x.transpose(1, 2))  # [batch, en subwords, x subwords]
         blocked = torch.finfo(similarity.dtype).min
-        en_to_x = similarity.masked_fill(~mask_x[:, None, :], blocked).softmax(dim=-1)
-        x_to_en = similarity.masked_fill(~mask_en[:, :, None], blocked).softmax(dim=-2)
+        en_to_x = similarity.masked_fill(~is_word_x[:, None, :], blocked).softmax(dim=-1)
+        x_to_en = similarity.masked_fill(~is_word_en[:, :, None], blocked).softmax(dim=-2)
         keep = (en_to_x > context.awesome_threshold) & (x_to_en > context.awesome_threshold)
-        keep &= (wid_en >= 0)[:, :, None] & (wid_x >= 0)[:, None, :]
+        keep &= is_word_en[:, :, None] & is_word_x[:, None, :]
         b, i, j = keep.nonzero(as_tuple=True)
         sentence_ids = torch.tensor(batch, dtype=torch.long, device=context.device)
         found.append(torch.stack([sentence_ids[b], wid_en[b, i], wid_x[b, j]], dim=1).cpu())

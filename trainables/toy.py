@@ -1064,19 +1064,27 @@ def write_toy_model(
     return _publish(Path(out_dir), MODEL_MANIFEST, manifest, build)
 
 
-def write_toy(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Data in out_dir/data and a model trained on it in out_dir/model."""
+def write_toy(out_dir: Path, seed: int = 0, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, **data_sizes: int) -> tuple[Path, Path]:
+    """Data in out_dir/data and a model trained on it in out_dir/model.
+
+    `data_sizes`: n_train, n_test, n_parallel of `write_toy_data`.
+    """
     out_dir = Path(out_dir)
-    data_dir = write_toy_data(out_dir / "data", seed=seed)
-    return data_dir, write_toy_model(out_dir / "model", data_dir, seed=seed)
+    data_dir = write_toy_data(out_dir / "data", seed=seed, **data_sizes)
+    return data_dir, write_toy_model(out_dir / "model", data_dir, seed=seed, pretrain_steps=pretrain_steps)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the toy data folder and toy model (offline).")
     parser.add_argument("out_dir", type=Path, help="writes OUT_DIR/data and OUT_DIR/model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=DEFAULT_TRAIN_SIZE)
+    parser.add_argument("--n-test", type=int, default=DEFAULT_TEST_SIZE)
+    parser.add_argument("--n-parallel", type=int, default=DEFAULT_PARALLEL_SIZE)
+    parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS)
     args = parser.parse_args(argv)
-    data_dir, model_dir = write_toy(args.out_dir, args.seed)
+    data_dir, model_dir = write_toy(args.out_dir, args.seed, args.pretrain_steps, n_train=args.n_train,
+                                    n_test=args.n_test, n_parallel=args.n_parallel)
     print(data_dir)
     print(model_dir)
 

@@ -147,17 +147,19 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
     metrics = state["metrics"]
     started = time.monotonic()
 
+    def progress_row(phase: str, step: int = 0, epoch: int = 0, loss: float = float("nan")) -> dict[str, Any]:
+        # every report has the same progress columns, so Tune's CSV and TensorBoard logs keep them
+        return {"phase": phase, "step": step, "epoch": epoch, "loss": loss}
+
     def progress(info: Mapping[str, Any]) -> None:
         if info["step"] % REPORT_EVERY_STEPS == 0:
-            report({"phase": info["phase"], "step": info["step"], "epoch": info.get("epoch", 0),
-                    "loss": float(info["loss"])}, None)
+            report(progress_row(info["phase"], info["step"], info.get("epoch", 0), float(info["loss"])), None)
 
     def checkpoint_now(phase: str, phase_state: Mapping[str, Any]) -> None:
         state["in_progress"] = {"phase": phase, "state": phase_state}
         if phase == "finetune":  # the fine-tuning state holds the weights from now on
             state.pop("realigned_model", None)
-        report({"phase": phase, "step": phase_state.get("step", 0), "epoch": phase_state.get("epoch", 0),
-                }, state)
+        report(progress_row(phase, phase_state.get("step", 0), phase_state.get("epoch", 0)), state)
 
     # load
     inputs = load_inputs(config, settings)
@@ -169,7 +171,7 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
     if "pretrained" not in state["done"]:
         metrics.setdefault("align", {})["pretrained"] = pretrained_alignment(config, model, inputs)
         state["done"].append("pretrained")
-        report({"phase": "pretrained"}, None)
+        report(progress_row("pretrained"), None)
 
     in_progress = state.get("in_progress") or {}
     if in_progress:  # continuing from a checkpoint taken inside a phase
@@ -190,7 +192,7 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
         state["done"].append("realigned")
         state["realigned_model"] = model.state_dict()
         state["in_progress"] = None
-        report({"phase": "realigned"}, state)
+        report(progress_row("realigned"), state)
         in_progress = {}
     elif method.sequential and state.get("realigned_model") is not None:
         model.load_state_dict(state["realigned_model"])
@@ -200,15 +202,16 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
         realigner = (build_realigner(model, inputs.tokenizer, inputs.corpora, settings, seed, resolve_device(settings))
                      if method.joint else None)
         resume = in_progress.get("state") if in_progress.get("phase") == "finetune" else None
-        fine_tune(model, inputs.tokenizer, inputs.task, inputs.train, settings, resume, seed=seed, realign=realigner,
-                  on_step=progress, on_epoch_end=lambda s: checkpoint_now("finetune", s))
+        trained = fine_tune(model, inputs.tokenizer, inputs.task, inputs.train, settings, resume, seed=seed,
+                            realign=realigner, on_step=progress, on_epoch_end=lambda s: checkpoint_now("finetune", s))
+        metrics["finetune_steps"] = trained["step"]
         state["in_progress"] = None
         # measure: the fine-tuned model
         metrics["align"]["finetuned"] = measure(model, inputs)
         metrics.update(scores_and_transfer(model, inputs))
         state["done"].append("finetuned")
 
-    final = {**metrics, "phase": "done", "trial_starts": state["starts"],
+    final = {**metrics, **progress_row("done", metrics["finetune_steps"], settings.epochs), "trial_starts": state["starts"],
              "seconds_this_start": time.monotonic() - started}
     report(final, None)
     return final
