@@ -240,6 +240,20 @@ def test_predict_returns_gold_labels_in_example_order(small_tokenizer, es_pos_te
     assert model.training  # eval mode was temporary
 
 
+def test_nli_fine_tunes_and_scores_one_label_per_example(small_tokenizer):
+    train = data.load_task_split("xnli", "train", "en", data_dir=DATA_DIR, subset=data.Subset(24))
+    test = data.load_task_split("xnli", "test", "es", data_dir=DATA_DIR, subset=data.Subset(20))
+    settings = Settings(device="cpu", epochs=1, batch_size=8, micro_batch_size=8, task_max_length=64)
+    model = tiny_model(small_tokenizer, task="xnli")
+    steps = []
+    fine_tune(model, small_tokenizer, "xnli", train, settings, seed=0, on_step=steps.append)
+    assert len(steps) == 3
+    gold, predicted = predict(model, small_tokenizer, "xnli", test, settings)
+    assert gold == [[e["label"]] for e in test] and all(len(p) == 1 and p[0] in TASKS["xnli"].labels for p in predicted)
+    score = evaluate(model, small_tokenizer, "xnli", test, settings)
+    assert score == sum(g == p for g, p in zip(gold, predicted)) / len(test)
+
+
 # --------------------------------------------------------------------------------------------
 # Resuming and seeds (tiny model, joint realignment with a projection head)
 
@@ -341,7 +355,8 @@ def test_sequential_realignment_follows_the_schedule_and_resumes(small_tokenizer
 
 
 def test_e5_small_joint_realignment_smoke(tokenizer, ewt_train, es_pos_test, ntrex_es):
-    settings = Settings(device="cpu", epochs=1, batch_size=32, micro_batch_size=16)
+    # realignment batches of 8 sentence pairs (not 16), 64 subwords at most: NTREX news sentences are long
+    settings = Settings(device="cpu", epochs=1, batch_size=32, micro_batch_size=16, realign_batch_size=8, realign_max_length=64)
     model = TASKS["udpos"].load_model(E5_SMALL_PATH)
     # Speed only: the 96M-parameter word-embedding matrix (250k x 384) is frozen, which skips its
     # gradient and AdamW update on 2 CPUs; the loop, the realignment and the rest of the model run as in a trial.

@@ -52,8 +52,10 @@ class EncodedWords:
 
 def lone_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Vocabulary ids of the lone word-boundary pieces this tokenizer has (none for WordPiece)."""
-    vocab = tokenizer.get_vocab()
-    return [vocab[piece] for piece in LONE_PREFIX_PIECES if piece in vocab]
+    # convert_tokens_to_ids is a hash lookup; get_vocab() would copy the whole vocabulary (250k
+    # entries for XLM-R) at every batch. A piece the vocabulary lacks comes back as the unknown id.
+    ids = [tokenizer.convert_tokens_to_ids(piece) for piece in LONE_PREFIX_PIECES]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
 def encode_words(

@@ -104,6 +104,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int) ->
 
 def optimizer_batches(lengths: np.ndarray, settings: Settings, seed: int, epoch: int) -> list[np.ndarray]:
     """Example indices of each optimizer step of an epoch, length-grouped (module docstring)."""
+    if settings.length_group_factor < 1:
+        raise ValueError(f"setting length_group_factor={settings.length_group_factor} must be >= 1")
     rng = np.random.default_rng((seed, epoch))
     shuffled = rng.permutation(len(lengths))
     chunk = settings.length_group_factor * settings.batch_size
@@ -137,9 +139,10 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    # RNG states must be CPU byte tensors, even if the checkpoint was loaded with map_location="cuda"
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _as_tuple(value: Any) -> Any:
@@ -227,6 +230,8 @@ def fine_tune(
     place to checkpoint.
     """
     task = get_task(task)
+    if realign is not None and realign.encoder is not model.base_model:
+        raise ValueError("fine_tune: joint realignment must use the fine-tuned model's own encoder (model.base_model)")
     features = train_examples if isinstance(train_examples, Features) else task.featurize(tokenizer, train_examples, settings)
     device = resolve_device(settings)
     model.to(device)

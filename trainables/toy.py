@@ -21,7 +21,9 @@ too slow for a demo on two CPUs. This module builds a stand-in for each piece:
 * A tiny BERT: a WordPiece tokenizer trained on the toy text (vocabulary small enough that some
   words split into several subwords, so the first-subword logic is exercised) and a randomly
   initialised ``BertModel`` given a few steps of translation language modelling, so that its
-  layers carry a little cross-lingual signal before any realignment.
+  embeddings are not random noise. That budget does not buy cross-lingual alignment: weak en-x
+  nearest-neighbour accuracy stayed near chance (<= 2% among 600 dictionary pairs) even after
+  1,000 steps, so realignment starts from an unaligned model here, unlike real mBERT.
 
 Everything is deterministic for a seed: generators are ``random.Random`` instances seeded by
 name, never the global RNG, and torch's global state is forked around model code.
@@ -793,7 +795,7 @@ def _publish(out_dir: Path, manifest_name: str, manifest: str, build: Callable[[
                                   f"delete it or choose another path")
         return True
 
-    if out_dir.exists() and existing_ok():
+    if out_dir.exists() and any(out_dir.iterdir()) and existing_ok():  # an empty folder is replaced
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -991,6 +993,8 @@ def _pretrain(model, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: 
     translations, both orders, so predicting a masked word can use its translation."""
     import torch
 
+    if steps == 0:
+        return []
     first = [a for a, _ in pairs] + [b for _, b in pairs]
     second = [b for _, b in pairs] + [a for a, _ in pairs]
     batch = tokenizer(first, second, truncation=True, max_length=PRETRAIN_MAX_LENGTH, padding=True,
