@@ -7,16 +7,16 @@ tokenizer, offline. Then: word pairs from a dictionary, FastAlign and AWESOME-st
 Runs in a few minutes on 2 CPUs without a GPU.
 """
 
-TOY = "~/.cache/alignment-sweep/toy"
+TOY = "~/.cache/alignment-sweep/toy-2000"  # generated once, reused afterwards
 
 EXPERIMENT = dict(
     name="demo",
     description="tiny end-to-end run of the whole pipeline on generated data",
-    prepare=dict(call="trainables.toy:write_toy_assets", out_dir=TOY),
+    prepare=dict(call="trainables.toy:write_toy", out_dir=TOY, n_train=2000),
     models={"toy-bert": dict(source=TOY + "/model", gpu=0.1, cpu=1)},
     settings=dict(
         data_dir=TOY + "/data",
-        epochs=2,
+        epochs=4,
         batch_size=16,
         micro_batch_size=16,
         learning_rate=1e-3,
@@ -24,6 +24,7 @@ EXPERIMENT = dict(
         eval_batch_size=64,
         awesome_model=TOY + "/model",
         awesome_layer=1,
+        num_threads=1,  # a 2-layer model: one thread per trial beats contention between two
     ),
     grids=[
         dict(model=["toy-bert"], task=["udpos", "wikiann", "xnli"], realign=["none", "before", "joint"],

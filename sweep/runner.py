@@ -121,7 +121,10 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trial_configs(experiment, storage))},
-            tune_config=tune.TuneConfig(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            # reuse_actors: a finished trial's worker process (torch and transformers imported)
+            # takes the next trial, instead of a new process per trial
+            tune_config=tune.TuneConfig(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(storage),

@@ -279,7 +279,7 @@ def accuracy_grid(table: pd.DataFrame) -> pd.DataFrame:
     return table.pivot_table(index="layer", columns=["kind", "direction"], values="accuracy")
 
 
-def test_real_table_shape_and_strong_never_above_weak(e5, e5_alignment) -> None:
+def test_real_table_shape_and_strong_never_above_weak(e5, ntrex_es, e5_alignment) -> None:
     model, _ = e5
     table, used = e5_alignment
     layers = model.config.num_hidden_layers + 1
@@ -289,6 +289,9 @@ def test_real_table_shape_and_strong_never_above_weak(e5, e5_alignment) -> None:
     # NTREX lines are short enough that no sampled word is truncated at 96 subwords
     assert (table["n_pairs"] == N_PAIRS).all() and len(used) == N_PAIRS
     assert list(used.columns) == list(DUMP_COLUMNS)
+    pd.testing.assert_frame_equal(
+        used.drop(columns="lang"), sample_pairs(ntrex_es.pairs, N_PAIRS, SEED)
+    )
     grid = accuracy_grid(table)
     print("\ne5-small, NTREX en-es, 1000 dico pairs:\n" + grid.to_string())
     for direction in ("en-x", "x-en"):
@@ -330,6 +333,8 @@ def test_cli_writes_results_and_pairs_that_point_at_the_words(tmp_path: Path) ->
     assert set(results["lang"]) == {"es", "ru"} and set(results["kind"]) == {"strong", "weak"}
     assert set(results["direction"]) == {"en-x", "x-en"} and results["layer"].max() == 12
     assert results["accuracy"].between(0, 1).all()
+    correct = results["accuracy"] * results["n_pairs"]  # a count of right answers, written exactly
+    assert ((correct - correct.round()).abs() < 1e-9).all()
     pairs = pd.read_csv(dump, sep="\t", keep_default_na=False)
     for lang, group in pairs.groupby("lang"):
         assert len(group) == n_pairs == int(results.loc[results["lang"] == lang, "n_pairs"].iloc[0])

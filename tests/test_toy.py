@@ -212,8 +212,11 @@ def test_existing_folder_is_kept_or_refused(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="other parameters"):
         toy.write_toy_data(tmp_path / "data", seed=1, **SMALL)
     (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "README.md").write_text("someone's data")
     with pytest.raises(FileExistsError, match="not a toy folder"):
         toy.write_toy_data(tmp_path / "real", **SMALL)
+    (tmp_path / "empty").mkdir()  # an empty folder (e.g. made by the caller) is filled
+    assert (toy.write_toy_data(tmp_path / "empty", **SMALL) / toy.DATA_MANIFEST).is_file()
 
 
 def test_bad_arguments_give_one_clear_error(tmp_path: Path) -> None:
@@ -271,11 +274,15 @@ def test_model_loads_offline_and_gives_hidden_states(model_dir: Path, data_dir: 
     assert torch.isfinite(out.last_hidden_state).all()
     token_model = AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=17, local_files_only=True)
     assert token_model(**batch).logits.shape[-1] == 17
+    # the task model's body is the saved encoder, not a fresh initialisation (prefix "bert.")
+    body = {name: weight for name, weight in model.state_dict().items() if not name.startswith("pooler.")}
+    assert body
+    for name, weight in body.items():  # token classifiers have no pooler
+        assert torch.equal(token_model.bert.state_dict()[name], weight), name
     pair = tokenizer(["Premise ."], ["Hypothesis ."], return_tensors="pt")
     assert pair["token_type_ids"].max() == 1  # BERT sentence-pair format
     nli_model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3, local_files_only=True)
     assert nli_model(**pair).logits.shape == (1, 3)
-    # the base weights are the pre-trained ones, not a fresh initialisation
     manifest = json.loads((model_dir / toy.MODEL_MANIFEST).read_text())
     assert manifest["pretrain_steps"] == 20 and manifest["data"]["seed"] == 0
 
@@ -302,14 +309,30 @@ def test_tokenizer_splits_some_words_and_maps_words_back(model_dir: Path, data_d
     assert pieces[0] + "".join(p[2:] for p in pieces[1:]) == split
 
 
-def test_model_is_deterministic_for_a_seed(data_dir: Path, tmp_path: Path) -> None:
+def test_model_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     small = toy.write_toy_data(tmp_path / "data", **SMALL)
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
     first = toy.write_toy_model(tmp_path / "m1", small, pretrain_steps=3, seed=5)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's torch RNG is left alone
+    torch.manual_seed(123)  # ... and does not matter
     second = toy.write_toy_model(tmp_path / "m2", small, pretrain_steps=3, seed=5)
     assert _files(first) == _files(second)
-    state = torch.get_rng_state()
-    toy.write_toy_model(tmp_path / "m3", small, pretrain_steps=3, seed=6)
-    assert torch.equal(state, torch.get_rng_state())  # the caller's torch RNG is left alone
+    assert torch.get_num_threads() == threads  # the thread setting is restored
+
+
+def test_masking_follows_bert_recipe() -> None:
+    ids = torch.randint(len(toy.SPECIAL_TOKENS), 100, (200, 100))
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[:, 0] = True  # e.g. [CLS]: never masked
+    corrupted, labels = toy._mask_tokens(ids, special, mask_id=4, vocab_size=100,
+                                         generator=torch.Generator().manual_seed(0))
+    chosen = labels != toy.IGNORE_LABEL
+    assert not chosen[:, 0].any()
+    assert torch.equal(labels[chosen], ids[chosen])  # labels are the original ids
+    assert torch.equal(corrupted[~chosen], ids[~chosen])  # unchosen tokens untouched
+    assert abs(chosen[:, 1:].float().mean().item() - toy.MASK_PROBABILITY) < 0.01
+    masked_share = (corrupted[chosen] == 4).float().mean().item()
+    assert abs(masked_share - toy.MASK_TOKEN_SHARE) < 0.03
 
 
 def test_pretraining_lowers_the_masked_lm_loss(tmp_path: Path) -> None:

@@ -216,8 +216,9 @@ def alignment_accuracy(
     result: dict[tuple[str, str], torch.Tensor] = {}
     for direction, (queries, translations) in {"en-x": (src_unit, tgt_unit), "x-en": (tgt_unit, src_unit)}.items():
         weak, strong = _direction_correct(queries, translations, size)
-        result[("weak", direction)] = weak.float().mean(dim=1)
-        result[("strong", direction)] = strong.float().mean(dim=1)
+        # float64 counts / N: accuracies print as the exact fractions they are (0.108, not 0.1080000028)
+        result[("weak", direction)] = weak.sum(dim=1, dtype=torch.float64) / n_pairs
+        result[("strong", direction)] = strong.sum(dim=1, dtype=torch.float64) / n_pairs
     return result
 
 
@@ -415,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     for view in render_tables(table):
         console.print(view)
-    console.print(
+    print(
         f"{args.model}: {args.corpus}/{args.pairs}, seed {settings.align_seed}, pooling {settings.align_pooling},"
         f" {time.perf_counter() - started:.1f} s"
     )

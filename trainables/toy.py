@@ -43,7 +43,11 @@ import shutil
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+
+if TYPE_CHECKING:  # torch and transformers load lazily: writing toy data needs neither
+    import torch
+    from transformers import BertForMaskedLM, PreTrainedTokenizerFast
 
 # --------------------------------------------------------------------------------------------
 # Settings
@@ -71,10 +75,13 @@ MAX_POSITIONS = 512  # any max_length the pipeline uses (96, 128...) fits
 DEFAULT_PRETRAIN_STEPS = 150  # translation-LM steps; a few seconds on 2 CPUs
 PRETRAIN_BATCH_SIZE = 32
 PRETRAIN_MAX_LENGTH = 64
+PRETRAIN_THREADS = 1  # a 32-wide model gains nothing from threads (and stalls on busy CPUs);
+# one thread also makes the saved weights independent of the machine's core count
 PRETRAIN_LEARNING_RATE = 1e-3  # from-scratch tiny model: much higher than fine-tuning's 2e-5
 MASK_PROBABILITY = 0.15  # BERT's masking recipe: 15% of tokens, 80% [MASK] / 10% random / 10% kept
 MASK_TOKEN_SHARE = 0.8
 RANDOM_TOKEN_SHARE = 0.1
+IGNORE_LABEL = -100  # label value torch's cross-entropy ignores
 
 
 @dataclass(frozen=True)
@@ -942,7 +949,7 @@ def learn_wordpiece_vocab(word_counts: dict[str, int], vocab_size: int) -> list[
     return vocab
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> "PreTrainedTokenizerFast":
     """A BERT WordPiece tokenizer (cased, accents kept, CJK split) trained on `texts`.
 
     Returns a transformers fast tokenizer (``BertTokenizer`` in transformers 5, an alias of
@@ -973,28 +980,41 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE):
         model_max_length=MAX_POSITIONS)
 
 
-def _mask_tokens(input_ids, special_mask, vocab_size: int, generator):
-    """BERT's masking (15%: 80% [MASK], 10% random token, 10% unchanged), vectorised."""
+def _mask_tokens(input_ids: "torch.Tensor", special_mask: "torch.Tensor", mask_id: int, vocab_size: int,
+                 generator: "torch.Generator") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """BERT's masking (15%: 80% [MASK], 10% random token, 10% unchanged), vectorised.
+    Returns the corrupted ids and the labels (original ids where chosen, else ignored)."""
     import torch
 
-    from_mask_id = SPECIAL_TOKENS.index("[MASK]")
     chosen = (torch.rand(input_ids.shape, generator=generator) < MASK_PROBABILITY) & ~special_mask
-    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_LABEL))
     draw = torch.rand(input_ids.shape, generator=generator)
     random_ids = torch.randint(len(SPECIAL_TOKENS), vocab_size, input_ids.shape, generator=generator)
-    masked = input_ids.clone()
-    masked = torch.where(chosen & (draw < MASK_TOKEN_SHARE), torch.full_like(input_ids, from_mask_id), masked)
+    masked = torch.where(chosen & (draw < MASK_TOKEN_SHARE), torch.full_like(input_ids, mask_id), input_ids)
     use_random = chosen & (draw >= MASK_TOKEN_SHARE) & (draw < MASK_TOKEN_SHARE + RANDOM_TOKEN_SHARE)
     return torch.where(use_random, random_ids, masked), labels
 
 
-def _pretrain(model, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: int) -> list[float]:
+def _pretrain(model: "BertForMaskedLM", tokenizer: "PreTrainedTokenizerFast", pairs: list[tuple[str, str]],
+              steps: int, seed: int) -> list[float]:
     """Translation language modelling (Lample & Conneau 2019): MLM on concatenated
     translations, both orders, so predicting a masked word can use its translation."""
     import torch
 
     if steps == 0:
         return []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        return _pretrain_steps(model, tokenizer, pairs, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain_steps(model: "BertForMaskedLM", tokenizer: "PreTrainedTokenizerFast", pairs: list[tuple[str, str]],
+                    steps: int, seed: int) -> list[float]:
+    import torch
+
     first = [a for a, _ in pairs] + [b for _, b in pairs]
     second = [b for _, b in pairs] + [a for a, _ in pairs]
     batch = tokenizer(first, second, truncation=True, max_length=PRETRAIN_MAX_LENGTH, padding=True,
@@ -1009,7 +1029,7 @@ def _pretrain(model, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: 
         width = int(batch["attention_mask"][rows].sum(1).max())  # trim padding columns
         inputs = {k: v[rows, :width] for k, v in batch.items()}
         inputs["input_ids"], labels = _mask_tokens(inputs["input_ids"], special_mask[rows, :width],
-                                                   model.config.vocab_size, generator)
+                                                   tokenizer.mask_token_id, model.config.vocab_size, generator)
         loss = model(**inputs, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
@@ -1073,7 +1093,7 @@ def write_toy(out_dir: Path, seed: int = 0, pretrain_steps: int = DEFAULT_PRETRA
 
     `data_sizes`: n_train, n_test, n_parallel of `write_toy_data`.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).expanduser()
     data_dir = write_toy_data(out_dir / "data", seed=seed, **data_sizes)
     return data_dir, write_toy_model(out_dir / "model", data_dir, seed=seed, pretrain_steps=pretrain_steps)
 
