@@ -184,8 +184,8 @@ def measure_end_to_end(context: Context, sizes: Sizes) -> dict[str, Any]:
     corpora = {lang: extract_pairs(CORPUS, lang, PAIR_SOURCE, context.data_dir, cache, Subset(sizes.parallel_subset))
                for lang in LANGS}
     settings = replace(Settings(), align_pairs=sizes.pairs, device="cpu", precision="fp32", langs=LANGS)
-    tokenizer = AutoTokenizer.from_pretrained(str(context.e5_path))
-    model = AutoModel.from_pretrained(str(context.e5_path)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(context.model))
+    model = AutoModel.from_pretrained(str(context.model)).eval()
 
     search_seconds = 0.0
     original_search = alignment.alignment_accuracy

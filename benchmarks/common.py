@@ -77,6 +77,11 @@ class Context:
     data_dir: Path
     work_dir: Path  # scratch space of this run (caches, sweeps); removed at the end
     smoke: bool = False
+    model_path: Path | None = None  # the encoder benchmarks 1-3 use; None: e5-small (smoke: the toy BERT)
+
+    @property
+    def model(self) -> Path:
+        return self.model_path or self.e5_path
 
     def scratch(self, name: str) -> Path:
         path = self.work_dir / name
@@ -95,8 +100,8 @@ def default_context(smoke: bool, work_dir: Path) -> Context:
 def check_inputs(context: Context) -> list[str]:
     """One line per missing input (model folder, data dir), empty when everything is there."""
     problems = []
-    if not (context.e5_path / "config.json").is_file():
-        problems.append(f"e5-small not found: {context.e5_path}/config.json (set ${E5_SMALL_ENV}, or run "
+    if not (context.model / "config.json").is_file():
+        problems.append(f"model not found: {context.model}/config.json (set ${E5_SMALL_ENV}, or run "
                         f"../shared/tools/provision-e5-small)")
     if not (context.data_dir / "ud").is_dir():
         problems.append(f"data not found: {context.data_dir}/ud (set ${DATA_DIR_ENV})")

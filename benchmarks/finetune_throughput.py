@@ -113,7 +113,7 @@ def load_model(context: Context) -> Any:
     from trainables.tasks import get_task
 
     torch.manual_seed(SEED)  # same classification-head initialisation for every run
-    return get_task(TASK).load_model(str(context.e5_path))
+    return get_task(TASK).load_model(str(context.model))
 
 
 def run_ours(context: Context, sizes: Sizes, features: Any, tokenizer: Any) -> RunResult:
@@ -212,7 +212,7 @@ def run(context: Context) -> Section:
     sizes = SMOKE if context.smoke else FULL
     n_examples = sizes.batch_size * sizes.steps  # one epoch = `steps` optimizer steps for both sides
     examples = load_task_split(TASK, "train", "en", context.data_dir, context.scratch("cache"), Subset(n_examples))
-    tokenizer = AutoTokenizer.from_pretrained(str(context.e5_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(context.model))
     settings = replace(Settings(), task_max_length=sizes.seq_limit)
     features = get_task(TASK).featurize(tokenizer, examples, settings)
     padded = trainer_dataset(examples, tokenizer, sizes.seq_limit, pad_to_limit=True)

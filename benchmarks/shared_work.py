@@ -60,7 +60,7 @@ SMOKE = Sizes(train_subset=8, test_subset=4, parallel_subset=40, align_pairs=6, 
 
 def trial_config(context: Context, sizes: Sizes, seed: int, cache_dir: Path) -> dict[str, Any]:
     return {
-        "model": "e5-small", "model_source": str(context.e5_path), "task": "udpos", "realign": "none",
+        "model": "e5-small", "model_source": str(context.model), "task": "udpos", "realign": "none",
         "pairs": "dico", "corpus": "ntrex", "seed": seed,
         "settings": {
             "data_dir": str(context.data_dir), "cache_dir": str(cache_dir), "langs": LANGS, "epochs": 1,

@@ -255,8 +255,7 @@ def fastalign_links(
     paper's code ran). Directional links are not exposed, so the symmetrisation is not redone
     here. Sentence pairs with an empty side are left out (fast_align cannot align them).
     """
-    import systran_align
-
+    systran_align = _import_systran_align_single_threaded()
     usable = [n for n, (en, x) in enumerate(zip(en_words, x_words)) if en and x]
     if not usable:
         empty = np.empty(0, np.int64)
@@ -286,6 +285,24 @@ def fastalign_links(
     flat = [link for result in results for link in result["alignments"]]
     links = np.array(flat, dtype=np.int64).reshape(-1, 2)
     return sentence, links[:, 0], links[:, 1]
+
+
+def _import_systran_align_single_threaded() -> Any:
+    """systran-align runs fast_align's EM with OpenMP threads that add floats in a varying order,
+    so two runs on the same corpus can give different links. One thread makes it deterministic
+    (seeded runs must give the same pairs). Its wheel bundles its own libgomp, separate from
+    torch's, so limiting that runtime leaves torch's threads alone."""
+    import ctypes
+
+    import systran_align
+
+    libs = Path(systran_align.__file__).parent / "systran_align.libs"
+    runtimes = sorted(libs.glob("libgomp*.so*"))
+    if not runtimes:
+        raise RuntimeError(f"systran-align: no bundled OpenMP runtime in {libs}; cannot make fast_align deterministic")
+    for runtime in runtimes:
+        ctypes.CDLL(str(runtime)).omp_set_num_threads(1)
+    return systran_align
 
 
 def fastalign_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
