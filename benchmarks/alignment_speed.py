@@ -43,6 +43,7 @@ AGREEMENT_TOLERANCE_QUERIES = 2  # float rounding may flip a near-tie: allow 2 q
 
 @dataclass(frozen=True)
 class Sizes:
+    langs: tuple[str, ...]
     pairs: int  # per language, measured end to end (2a)
     parallel_subset: int | None  # NTREX lines per language the pairs are drawn from (None: all 1,997)
     search_pairs: int  # per language, search comparison (2b)
@@ -54,9 +55,9 @@ class Sizes:
     agreement_pairs: int
 
 
-FULL = Sizes(pairs=200, parallel_subset=None, search_pairs=1000, search_langs=5, search_layers=13, search_width=384,
+FULL = Sizes(langs=LANGS, pairs=200, parallel_subset=None, search_pairs=1000, search_langs=5, search_layers=13, search_width=384,
              loop_queries=50, agreement_layers=3, agreement_pairs=100)
-SMOKE = Sizes(pairs=8, parallel_subset=60, search_pairs=40, search_langs=2, search_layers=3, search_width=16,
+SMOKE = Sizes(langs=("es", "fr"), pairs=8, parallel_subset=60, search_pairs=40, search_langs=2, search_layers=3, search_width=16,
               loop_queries=10, agreement_layers=2, agreement_pairs=20)
 
 
@@ -182,8 +183,8 @@ def measure_end_to_end(context: Context, sizes: Sizes) -> dict[str, Any]:
 
     cache = context.scratch("cache")
     corpora = {lang: extract_pairs(CORPUS, lang, PAIR_SOURCE, context.data_dir, cache, Subset(sizes.parallel_subset))
-               for lang in LANGS}
-    settings = replace(Settings(), align_pairs=sizes.pairs, device="cpu", precision="fp32", langs=LANGS)
+               for lang in sizes.langs}
+    settings = replace(Settings(), align_pairs=sizes.pairs, device="cpu", precision="fp32", langs=sizes.langs)
     tokenizer = AutoTokenizer.from_pretrained(str(context.model))
     model = AutoModel.from_pretrained(str(context.model)).eval()
 
@@ -208,11 +209,11 @@ def measure_end_to_end(context: Context, sizes: Sizes) -> dict[str, Any]:
         alignment.alignment_accuracy = original_search
         clock.close()
     n_layers = model.config.num_hidden_layers + 1
-    expected_rows = len(LANGS) * 2 * 2 * n_layers
+    expected_rows = len(sizes.langs) * 2 * 2 * n_layers
     if len(table) != expected_rows:
         raise RuntimeError(f"alignment benchmark: {len(table)} result rows, expected {expected_rows}")
     sentences = {lang: int(corpora[lang].pairs.pipe(alignment.sample_pairs, sizes.pairs, settings.align_seed)
-                           ["sentence"].nunique()) for lang in LANGS}
+                           ["sentence"].nunique()) for lang in sizes.langs}
     return {"total_seconds": total, "forward_seconds": clock.seconds, "forward_calls": clock.calls,
             "search_seconds": search_seconds, "pairs_used": table.groupby("lang")["n_pairs"].first().to_dict(),
             "sentences_per_side": sentences, "torch_threads": torch.get_num_threads()}
@@ -228,7 +229,7 @@ def run(context: Context) -> Section:
         Row("2a. alignment total / forward passes", fmt_seconds(end_to_end["total_seconds"]),
             fmt_seconds(end_to_end["forward_seconds"]), overhead, f"<= {TARGET_OVERHEAD}",
             overhead <= TARGET_OVERHEAD,
-            f"e5-small, {len(LANGS)} langs x {sizes.pairs} {PAIR_SOURCE} pairs ({CORPUS}), all layers, both"
+            f"{context.model_label}, {len(sizes.langs)} langs x {sizes.pairs} {PAIR_SOURCE} pairs ({CORPUS}), all layers, both"
             " directions, strong+weak; baseline = time inside model.forward in the same run"),
         Row("2b. alignment search: per-query loop / ours", fmt_seconds(search["ours_seconds"]),
             fmt_seconds(search["loop_seconds"]), speedup, "info (speed-up)", None,

@@ -83,6 +83,10 @@ class Context:
     def model(self) -> Path:
         return self.model_path or self.e5_path
 
+    @property
+    def model_label(self) -> str:
+        return "toy BERT" if self.model_path else "e5-small"
+
     def scratch(self, name: str) -> Path:
         path = self.work_dir / name
         path.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,7 @@ def fmt_rate(value: float, unit: str) -> str:
 
 
 def fmt_percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
+    return f"{100 * value:.1f}%" if value >= 0.01 else f"{100 * value:.3f}%"
 
 
 # --------------------------------------------------------------------------------------------

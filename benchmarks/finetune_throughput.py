@@ -239,7 +239,7 @@ def run(context: Context) -> Section:
     def mfu(result: RunResult) -> float:
         return 6 * parameters * result.tokens_per_second / peak
 
-    slice_note = (f"e5-small, {TASK} EWT first {n_examples}, batch {sizes.batch_size}, limit {sizes.seq_limit},"
+    slice_note = (f"{context.model_label}, {TASK} EWT first {n_examples}, batch {sizes.batch_size}, limit {sizes.seq_limit},"
                   f" {sizes.steps} steps ({WARMUP_STEPS_EXCLUDED} untimed), best of {sizes.repeats}")
     rows = [
         Row("1. fine-tuning tokens/s (ours / Trainer)", fmt_rate(ours_best.tokens_per_second, "tok/s"),

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from benchmarks.common import PROJECT_ROOT, Context, Row, Section, read_json, run_python_module, write_json_atomic
+from benchmarks.common import PROJECT_ROOT, Context, Row, Section, read_json, write_json_atomic
 
 NAME = "gpu"
 SKIPPED = "skipped: no GPU"

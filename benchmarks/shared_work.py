@@ -42,11 +42,13 @@ SHARED_PHASES = ("extract_pairs", "featurize_cached", "pretrained_alignment")
 WRAPPED_FUNCTIONS = ("load_inputs", "extract_pairs", "featurize_cached", "pretrained_alignment", "load_model",
                      "fine_tune", "measure", "scores_and_transfer")
 WORKER_TIMEOUT_S = 600
-LANGS = ["ar", "es", "fr", "ru", "zh"]
+LANGS = ("ar", "es", "fr", "ru", "zh")
 
 
 @dataclass(frozen=True)
 class Sizes:
+    langs: tuple[str, ...]
+    in_process: bool  # smoke: both trials in this process (saves two interpreter starts)
     train_subset: int
     test_subset: int
     parallel_subset: int
@@ -54,8 +56,8 @@ class Sizes:
     batch_size: int
 
 
-FULL = Sizes(train_subset=32, test_subset=16, parallel_subset=200, align_pairs=40, batch_size=16)
-SMOKE = Sizes(train_subset=8, test_subset=4, parallel_subset=40, align_pairs=6, batch_size=4)
+FULL = Sizes(langs=LANGS, in_process=False, train_subset=32, test_subset=16, parallel_subset=200, align_pairs=40, batch_size=16)
+SMOKE = Sizes(langs=("es", "fr"), in_process=True, train_subset=8, test_subset=4, parallel_subset=40, align_pairs=6, batch_size=4)
 
 
 def trial_config(context: Context, sizes: Sizes, seed: int, cache_dir: Path) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def trial_config(context: Context, sizes: Sizes, seed: int, cache_dir: Path) -> 
         "model": "e5-small", "model_source": str(context.model), "task": "udpos", "realign": "none",
         "pairs": "dico", "corpus": "ntrex", "seed": seed,
         "settings": {
-            "data_dir": str(context.data_dir), "cache_dir": str(cache_dir), "langs": LANGS, "epochs": 1,
+            "data_dir": str(context.data_dir), "cache_dir": str(cache_dir), "langs": list(sizes.langs), "epochs": 1,
             "batch_size": sizes.batch_size, "micro_batch_size": sizes.batch_size,
             "train_subset": sizes.train_subset, "test_subset": sizes.test_subset,
             "parallel_subset": sizes.parallel_subset, "align_pairs": sizes.align_pairs,
@@ -76,18 +78,21 @@ def trial_config(context: Context, sizes: Sizes, seed: int, cache_dir: Path) -> 
 
 
 def timed_trial(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one trial with every phase timed; imports are timed apart from the trial."""
+    """Run one trial with every phase timed; imports are timed apart from the trial.
+
+    The trial module's functions are wrapped for the duration of the call and restored after.
+    """
     started = time.perf_counter()
     import trainables.trial as trial
 
     imports = time.perf_counter() - started
     watch = Stopwatch()
+    originals = {name: getattr(trial, name) for name in (*WRAPPED_FUNCTIONS, "AutoTokenizer")}
     for name in WRAPPED_FUNCTIONS:
-        setattr(trial, name, watch.wrap(name, getattr(trial, name)))
-    tokenizer_class = trial.AutoTokenizer
+        setattr(trial, name, watch.wrap(name, originals[name]))
 
     class TimedAutoTokenizer:  # the trial loads its tokenizer with AutoTokenizer.from_pretrained
-        from_pretrained = staticmethod(watch.wrap("tokenizer_load", tokenizer_class.from_pretrained))
+        from_pretrained = staticmethod(watch.wrap("tokenizer_load", originals["AutoTokenizer"].from_pretrained))
 
     trial.AutoTokenizer = TimedAutoTokenizer
     reports: list[dict[str, Any]] = []
@@ -97,7 +102,11 @@ def timed_trial(config: dict[str, Any]) -> dict[str, Any]:
         reports.append({"seconds": time.perf_counter() - start, "phase": metrics.get("phase"),
                         "checkpoint": state is not None})
 
-    final = trial.run_trial(config, None, reporter)
+    try:
+        final = trial.run_trial(config, None, reporter)
+    finally:
+        for name, function in originals.items():
+            setattr(trial, name, function)
     wall = time.perf_counter() - start
     return {"wall_seconds": wall, "imports_seconds": imports, "phases": watch.seconds, "calls": watch.calls,
             "reports": reports, "final_phase": final.get("phase"), "score_en": final.get("score", {}).get("en")}
@@ -125,7 +134,11 @@ def run(context: Context) -> Section:
     results = []
     for seed in (0, 1):
         config_path, out_path = folder / f"trial-{seed}.json", folder / f"trial-{seed}-timings.json"
-        write_json_atomic(trial_config(context, sizes, seed, cache_dir), config_path)
+        config = trial_config(context, sizes, seed, cache_dir)
+        if sizes.in_process:
+            results.append(timed_trial(config))
+            continue
+        write_json_atomic(config, config_path)
         process_wall, _ = run_python_module("benchmarks.shared_work", [str(config_path), str(out_path)],
                                             timeout_s=WORKER_TIMEOUT_S)
         result = read_json(out_path)
@@ -144,7 +157,7 @@ def run(context: Context) -> Section:
             second_share / first_share if first_share else None,
             f"2nd < {SHARED_LIMIT:.0%}, 1st > {FIRST_TRIAL_MINIMUM:.0%}", passed,
             f"pairs+tokenisation+pretrained alignment; trial wall {first['wall_seconds']:.1f} s (cold) vs"
-            f" {second['wall_seconds']:.1f} s (cached); e5-small udpos, 5 langs, {sizes.parallel_subset} lines,"
+            f" {second['wall_seconds']:.1f} s (cached); {context.model_label} udpos, {len(sizes.langs)} langs, {sizes.parallel_subset} lines,"
             f" {sizes.align_pairs} pairs, {sizes.train_subset} train"),
         Row("3b. load_inputs + pretrained_alignment share (info)", fmt_percent(load_share(second)),
             fmt_percent(load_share(first)), load_share(second) / load_share(first) if load_share(first) else None,

@@ -43,13 +43,15 @@ REALIGN_METHODS = ["none", "joint"]
 @dataclass(frozen=True)
 class Sizes:
     seeds: tuple[int, ...]  # trials = realign methods x seeds
+    langs: tuple[str, ...]
+    one_thread_loop: bool  # also run the information row's 1-thread loop
     epochs: int
     align_pairs: int
     toy: Mapping[str, int]  # write_toy arguments
 
 
-FULL = Sizes(seeds=(0, 1, 2, 3), epochs=3, align_pairs=100, toy={})
-SMOKE = Sizes(seeds=(0,), epochs=1, align_pairs=10,
+FULL = Sizes(seeds=(0, 1, 2, 3), langs=("ar", "es", "fr", "ru", "zh"), one_thread_loop=True, epochs=3, align_pairs=100, toy={})
+SMOKE = Sizes(seeds=(0,), langs=("es", "fr"), one_thread_loop=False, epochs=1, align_pairs=10,
               toy={"pretrain_steps": 5, "n_train": 24, "n_test": 6, "n_parallel": 30})
 
 
@@ -65,7 +67,7 @@ def raw_experiment(data_dir: Path, model_dir: Path, sizes: Sizes) -> dict[str, A
     return dict(
         name="bench",
         models={"toy-bert": dict(source=str(model_dir), cpu=1, gpu=0.25)},
-        settings=dict(data_dir=str(data_dir), epochs=sizes.epochs, batch_size=16, micro_batch_size=16,
+        settings=dict(data_dir=str(data_dir), langs=list(sizes.langs), epochs=sizes.epochs, batch_size=16, micro_batch_size=16,
                       learning_rate=1e-3, align_pairs=sizes.align_pairs),
         grids=[dict(model=["toy-bert"], task=["udpos"], realign=REALIGN_METHODS, pairs=["dico"], corpus=["toy"],
                     seed=list(sizes.seeds))],
@@ -204,7 +206,6 @@ def overhead_breakdown(trials: list[dict[str, Any]], marks: Mapping[str, float],
         "fixed": {
             "driver_start_and_imports": marks["driver_imports_done"] - launched,
             "ray_start": marks["ray_started"] - marks["ray_start_begin"],
-            "until_first_trial": min(t["entered"] for t in ordered) - marks["ray_started"],
             "after_last_trial": finished - max(t["exited"] for t in ordered),
         },
         "per_trial": {
@@ -267,7 +268,8 @@ def run(context: Context) -> Section:
     # the loop runs the engine's own trial configs, with a cache of its own (cold, like the engine's)
     loop = run_loop(folder, "loop", trial_configs(experiment, folder / "loop-storage"), LOOP_THREADS)
     engine = run_engine(folder, raw)
-    loop_one_thread = run_loop(folder, "loop-1-thread", trial_configs(experiment, folder / "loop1-storage"), 1)
+    loop_one_thread = (run_loop(folder, "loop-1-thread", trial_configs(experiment, folder / "loop1-storage"), 1)
+                       if sizes.one_thread_loop else None)
 
     ratio = engine["wall_seconds"] / loop["wall_seconds"]
     breakdown = engine["breakdown"]
@@ -285,10 +287,11 @@ def run(context: Context) -> Section:
             "overhead vs the trial's own run_trial time; " + ", ".join(
                 f"{name.replace('_', ' ')} {value:.2f} s" for name, value in per_trial.items())),
         Row("4c. sweep engine / plain loop, 1 thread (info)", fmt_seconds(engine["wall_seconds"]),
-            fmt_seconds(loop_one_thread["wall_seconds"]), engine["wall_seconds"] / loop_one_thread["wall_seconds"],
+            fmt_seconds(loop_one_thread["wall_seconds"]) if loop_one_thread else "not run (smoke)",
+            engine["wall_seconds"] / loop_one_thread["wall_seconds"] if loop_one_thread else None,
             "info", None, "the same loop with torch at 1 thread"),
     ]
-    details = {"sizes": {"seeds": list(sizes.seeds), "epochs": sizes.epochs, "align_pairs": sizes.align_pairs,
+    details = {"sizes": {"seeds": list(sizes.seeds), "langs": list(sizes.langs), "epochs": sizes.epochs, "align_pairs": sizes.align_pairs,
                          "toy": dict(sizes.toy)},
                "trials": n, "engine": engine, "loop": loop, "loop_one_thread": loop_one_thread}
     notes = [f"sweep engine fixed overhead: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"

@@ -11,14 +11,13 @@ from trainables.trial import run_trial
 LANGS = ["es"]
 
 
-def trial_config(e5_small, shared_data, cache, task, realign, **settings):
-    return dict(
-        model="e5-small", model_source=str(e5_small), task=task, realign=realign, pairs="dico", corpus="ntrex",
-        seed=0,
-        settings=dict(data_dir=str(shared_data), cache_dir=str(cache), langs=LANGS, epochs=1, batch_size=8,
-                      micro_batch_size=8, train_subset=16, test_subset=8, parallel_subset=60, align_pairs=30,
-                      realign_batch_size=8, num_threads=2, **settings),
-    )
+def trial_config(e5_small, shared_data, cache, task, realign, **overrides):
+    settings = dict(data_dir=str(shared_data), cache_dir=str(cache), langs=LANGS, epochs=1, batch_size=8,
+                    micro_batch_size=8, train_subset=16, test_subset=8, parallel_subset=60, align_pairs=30,
+                    realign_batch_size=8, num_threads=2)
+    settings.update(overrides)
+    return dict(model="e5-small", model_source=str(e5_small), task=task, realign=realign, pairs="dico",
+                corpus="ntrex", seed=0, settings=settings)
 
 
 @pytest.mark.parametrize("task", ["udpos", "wikiann", "xnli"])

@@ -23,7 +23,11 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,55 +258,56 @@ def fastalign_links(
     implements that as `GDFACommand`, the same code as `atools -c grow-diag-final-and`, which the
     paper's code ran). Directional links are not exposed, so the symmetrisation is not redone
     here. Sentence pairs with an empty side are left out (fast_align cannot align them).
+
+    fast_align's EM adds floats from several OpenMP threads in a varying order, so two runs on the
+    same corpus can give different links. It runs in a child process with OMP_NUM_THREADS=1, the
+    one way to pin the thread count of the OpenMP runtime systran-align bundles (its own libgomp,
+    already initialised once imported): seeded runs then give the same pairs.
     """
-    systran_align = _import_systran_align_single_threaded()
     usable = [n for n, (en, x) in enumerate(zip(en_words, x_words)) if en and x]
     if not usable:
         empty = np.empty(0, np.int64)
         return empty, empty, empty
     src = [_fastalign_tokens(en_words[n]) for n in usable]
     tgt = [_fastalign_tokens(x_words[n]) for n in usable]
+    options = dict(
+        iterations=context.fastalign_iterations,
+        favor_diagonal=context.fastalign_favor_diagonal,
+        optimize_tension=context.fastalign_optimize_tension,
+        variational_bayes=context.fastalign_variational_bayes,
+    )
     with tempfile.TemporaryDirectory(prefix="fastalign-") as tmp:
-        corpus, forward, backward = (str(Path(tmp) / name) for name in ("corpus.txt", "fwd.bin", "bwd.bin"))
+        corpus, links_path = Path(tmp) / "corpus.txt", Path(tmp) / "links.npy"
         with open(corpus, "w", encoding="utf-8") as handle:
             for s, t in zip(src, tgt):
                 handle.write(f"{' '.join(s)} {FASTALIGN_SEPARATOR} {' '.join(t)}\n")
-        systran_align.generate_alignment_probabilities(
-            corpus,
-            forward,
-            backward,
-            iterations=context.fastalign_iterations,
-            favor_diagonal=context.fastalign_favor_diagonal,
-            optimize_tension=context.fastalign_optimize_tension,
-            variational_bayes=context.fastalign_variational_bayes,
-        )
+        command = [sys.executable, "-m", "trainables.pairs", "fastalign", str(corpus), str(links_path),
+                   json.dumps(options)]
+        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"fast_align (systran-align) failed on {len(src)} sentence pairs: {last}")
+        links = np.load(links_path)  # (n_links, 3): row in `usable`, src index, tgt index
+    sentence = np.asarray(usable, dtype=np.int64)[links[:, 0]]
+    return sentence, links[:, 1], links[:, 2]
+
+
+def _fastalign_in_this_process(corpus: Path, links_path: Path, options: dict[str, Any]) -> None:
+    """Train both directions and align the corpus file; save (row, src, tgt) links as .npy."""
+    import systran_align
+
+    with tempfile.TemporaryDirectory(prefix="fastalign-probs-") as tmp:
+        forward, backward = str(Path(tmp) / "fwd.bin"), str(Path(tmp) / "bwd.bin")
+        systran_align.generate_alignment_probabilities(str(corpus), forward, backward, **options)
         aligner = systran_align.Aligner(forward, backward)
+        pairs = [line.rstrip("\n").split(f" {FASTALIGN_SEPARATOR} ") for line in corpus.open(encoding="utf-8")]
+        src, tgt = [p[0].split() for p in pairs], [p[1].split() for p in pairs]
         results = []
         for start in range(0, len(src), FASTALIGN_CHUNK):
             results.extend(aligner.align_batch(src[start : start + FASTALIGN_CHUNK], tgt[start : start + FASTALIGN_CHUNK]))
-    counts = [len(result["alignments"]) for result in results]
-    sentence = np.repeat(np.array(usable, dtype=np.int64), counts)
-    flat = [link for result in results for link in result["alignments"]]
-    links = np.array(flat, dtype=np.int64).reshape(-1, 2)
-    return sentence, links[:, 0], links[:, 1]
-
-
-def _import_systran_align_single_threaded() -> Any:
-    """systran-align runs fast_align's EM with OpenMP threads that add floats in a varying order,
-    so two runs on the same corpus can give different links. One thread makes it deterministic
-    (seeded runs must give the same pairs). Its wheel bundles its own libgomp, separate from
-    torch's, so limiting that runtime leaves torch's threads alone."""
-    import ctypes
-
-    import systran_align
-
-    libs = Path(systran_align.__file__).parent / "systran_align.libs"
-    runtimes = sorted(libs.glob("libgomp*.so*"))
-    if not runtimes:
-        raise RuntimeError(f"systran-align: no bundled OpenMP runtime in {libs}; cannot make fast_align deterministic")
-    for runtime in runtimes:
-        ctypes.CDLL(str(runtime)).omp_set_num_threads(1)
-    return systran_align
+    rows = np.repeat(np.arange(len(results), dtype=np.int64), [len(r["alignments"]) for r in results])
+    flat = np.array([link for r in results for link in r["alignments"]], dtype=np.int64).reshape(-1, 2)
+    np.save(links_path, np.column_stack([rows, flat]))
 
 
 def fastalign_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
@@ -492,3 +497,9 @@ def extract_pairs(
         _load_pairs,
     )
     return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs)
+
+
+if __name__ == "__main__":  # the fast_align child process (see fastalign_links)
+    if len(sys.argv) != 5 or sys.argv[1] != "fastalign":
+        raise SystemExit("usage: python -m trainables.pairs fastalign CORPUS LINKS.npy OPTIONS_JSON")
+    _fastalign_in_this_process(Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]))

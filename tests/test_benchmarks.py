@@ -1,0 +1,109 @@
+"""The benchmark harness in smoke mode: every benchmark runs end to end on tiny slices, and the
+printed table and the JSON file have the promised structure. Timings are not checked (smoke
+slices measure nothing meaningful, and the machine is shared)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import BENCHMARK_NAMES, TABLE_COLUMNS, main, select
+from benchmarks.alignment_speed import per_query_loop_accuracy
+from benchmarks.sweep_overhead import overhead_breakdown
+
+ROW_KEYS = {"benchmark", "ours", "baseline", "ratio", "target", "passed", "note"}
+
+
+def test_smoke_run_prints_the_table_and_writes_json(tmp_path, shared_data, capsys):
+    out = tmp_path / "nested" / "results.json"  # the folder does not exist yet
+    status = main(["--smoke", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed[-3000:]
+
+    for column in TABLE_COLUMNS:
+        assert column in printed
+    assert "skipped: no GPU" in printed or "GPU" in printed
+
+    document = json.loads(out.read_text())
+    assert document["mode"] == "smoke"
+    assert document["columns"] == list(TABLE_COLUMNS)
+    assert [s["name"] for s in document["sections"]] == list(BENCHMARK_NAMES)
+    assert not list(out.parent.glob(".*tmp")), "temporary file left next to the JSON"
+    assert document["machine"]["cpu_count"] >= 1 and document["total_seconds"] > 0
+
+    rows = document["table"]
+    assert rows and all(set(row) == ROW_KEYS for row in rows)
+    assert rows == [row for section in document["sections"] for row in section["rows"]]
+    by_section = {s["name"]: s for s in document["sections"]}
+    # every CPU benchmark ran and has exactly one row with a target (pass or fail), the rest are info
+    for name in ("finetune", "alignment", "shared", "sweep"):
+        section = by_section[name]
+        assert section["status"] == "ok", section["status"]
+        targeted = [row for row in section["rows"] if row["passed"] is not None]
+        assert len(targeted) == 1, name
+        ratio = targeted[0]["ratio"]
+        assert isinstance(ratio, float) and math.isfinite(ratio) and ratio > 0
+        assert targeted[0]["benchmark"] in printed
+    assert document["all_passed"] == all(row["passed"] for row in rows if row["passed"] is not None)
+
+    gpu = by_section["gpu"]
+    import torch
+
+    if not torch.cuda.is_available():
+        assert gpu["status"] == "skipped: no GPU"
+        assert "gpu: skipped: no GPU" in printed
+
+    # the sweep section measured every trial of the engine run and split its overhead
+    sweep = by_section["sweep"]["details"]
+    assert len(sweep["engine"]["trial_timings"]) == sweep["trials"]
+    assert set(sweep["engine"]["breakdown"]["per_trial"]) == {
+        "process_start_and_scheduling", "imports", "checkpointing", "result_sync", "unaccounted"}
+    # the second trial of the shared-work benchmark found its shared work in the cache
+    shared = by_section["shared"]["details"]
+    assert shared["second"]["phases"]["pretrained_alignment"] < shared["first"]["phases"]["pretrained_alignment"]
+
+
+def test_unknown_benchmark_name_suggests_the_close_one():
+    with pytest.raises(ValueError, match="did you mean 'sweep'"):
+        select(["swep"])
+    assert select(["gpu", "finetune"]) == ["finetune", "gpu"]
+
+
+def test_per_query_loop_baseline_matches_hand_computed_accuracies():
+    import torch
+
+    from trainables.alignment import alignment_accuracy
+
+    # One layer, two pairs in 2-D (cosines by hand):
+    # en-x: q0 (1,0): tgt0 .6 > tgt1 -.6 -> weak right; but its own side src1 ~.99 > .6 -> strong wrong.
+    #       q1 (.99,.14): tgt1 -.48 < tgt0 .71 -> wrong.
+    # x-en: t0 (.6,.8): src0 .6 < src1 .71 -> wrong. t1 (-.6,.8): src1 -.48 > src0 -.6 -> weak right;
+    #       own side t0 .28 > -.48 -> strong wrong.
+    src = torch.tensor([[[1.0, 0.0], [0.99, 0.14]]])
+    tgt = torch.tensor([[[0.6, 0.8], [-0.6, 0.8]]])
+    expected = {("weak", "en-x"): 0.5, ("strong", "en-x"): 0.0, ("weak", "x-en"): 0.5, ("strong", "x-en"): 0.0}
+    loop = per_query_loop_accuracy(src, tgt)
+    ours = alignment_accuracy(src, tgt)
+    for key, value in expected.items():
+        assert loop[key].tolist() == pytest.approx([value]), key
+        assert ours[key].tolist() == pytest.approx([value]), key
+    # a subset of queries: only q0 -> en-x weak 1, strong 0
+    assert per_query_loop_accuracy(src, tgt, [0])[("weak", "en-x")].tolist() == pytest.approx([1.0])
+
+
+def test_overhead_breakdown_replays_trials_onto_slots():
+    marks = {"driver_imports_done": 2.0, "ray_start_begin": 2.0, "ray_started": 5.0}
+    trial = dict(imports_seconds=1.0, checkpoint_seconds=0.5, report_seconds=0.25, checkpoints=1, reports=2)
+    trials = [
+        {**trial, "entered": 6.0, "exited": 16.0, "run_trial_seconds": 8.0},  # slot A, gap 1 after Ray
+        {**trial, "entered": 7.0, "exited": 17.0, "run_trial_seconds": 8.0},  # slot B, gap 2
+        {**trial, "entered": 19.0, "exited": 29.0, "run_trial_seconds": 8.0},  # slot A (free at 16), gap 3
+    ]
+    result = overhead_breakdown(trials, marks, launched=0.0, finished=31.0, slots=2)
+    assert result["per_trial"]["process_start_and_scheduling"] == pytest.approx((1 + 2 + 3) / 3)
+    assert result["per_trial"]["imports"] == pytest.approx(1.0)
+    assert result["per_trial"]["unaccounted"] == pytest.approx(10 - 1 - 8)
+    assert result["per_trial_compute"] == pytest.approx(8 - 0.5 - 0.25)
+    assert result["fixed"] == {"driver_start_and_imports": 2.0, "ray_start": 3.0, "after_last_trial": 2.0}
