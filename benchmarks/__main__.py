@@ -40,6 +40,7 @@ from benchmarks.common import (
 
 DEFAULT_OUT = PROJECT_ROOT / "results" / "benchmarks.json"
 TABLE_COLUMNS = ("benchmark", "ours", "baseline", "ratio", "target", "pass")
+SMOKE_THREADS = 1
 
 
 def _registry() -> dict[str, Callable[[Context], Section]]:
@@ -106,11 +107,12 @@ def render(sections: Sequence[Section], title: str) -> None:
 
 
 def smoke_model(context: Context) -> Context:
-    """Smoke runs use the toy BERT for benchmarks 1-3 (seconds instead of minutes)."""
+    """Smoke runs use the toy BERT and the toy data for benchmarks 1-3 (seconds instead of minutes)."""
     from benchmarks import sweep_overhead
+    from trainables.toy import TOY_CORPUS
 
-    _, model_dir = sweep_overhead.toy_assets(sweep_overhead.SMOKE, smoke=True)
-    return dataclasses.replace(context, model_path=model_dir)
+    data_dir, model_dir = sweep_overhead.toy_assets(sweep_overhead.SMOKE, smoke=True)
+    return dataclasses.replace(context, model_path=model_dir, data_dir=data_dir, corpus=TOY_CORPUS)
 
 
 def run_benchmarks(names: Sequence[str], context: Context) -> list[Section]:
@@ -163,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
     work_dir = Path(tempfile.mkdtemp(prefix="benchmarks-"))
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.smoke:  # smoke measures nothing: one thread avoids stalls of a thread pool on a busy machine
+        torch.set_num_threads(SMOKE_THREADS)
     try:
         context = default_context(args.smoke, work_dir)
         if args.smoke:
@@ -182,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"results: {args.out}")
         return 1 if any(section.status.startswith("error") for section in sections) else 0
     finally:
+        torch.set_num_threads(threads)
         if args.keep_work_dir:
             print(f"scratch kept: {work_dir}")
         else:

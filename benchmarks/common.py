@@ -78,6 +78,7 @@ class Context:
     work_dir: Path  # scratch space of this run (caches, sweeps); removed at the end
     smoke: bool = False
     model_path: Path | None = None  # the encoder benchmarks 1-3 use; None: e5-small (smoke: the toy BERT)
+    corpus: str = "ntrex"  # parallel corpus of benchmarks 2-3 (smoke: the toy data's "toy")
 
     @property
     def model(self) -> Path:
@@ -121,7 +122,7 @@ def fmt_ratio(value: float | None) -> str:
 
 
 def fmt_seconds(value: float) -> str:
-    return f"{value:.1f} s"
+    return f"{value:.1f} s" if value >= 1 else f"{value:.3f} s"
 
 
 def fmt_rate(value: float, unit: str) -> str:

@@ -13,8 +13,8 @@ Shared work = pair extraction (`extract_pairs`) + tokenisation of the task data
 time is `run_trial` itself (the interpreter start and imports are reported apart).
 
 Slices (small so that the bench is short, yet the shared work is a real share of a trial):
-5 languages, 200 NTREX lines per language, 40 alignment pairs, 32 training sentences (1 epoch,
-batch 16), 16 test sentences per language.
+5 languages, 150 NTREX lines per language, 30 alignment pairs, 16 training sentences (1 epoch,
+one batch of 16), 8 test sentences per language.
 """
 from __future__ import annotations
 
@@ -56,14 +56,15 @@ class Sizes:
     batch_size: int
 
 
-FULL = Sizes(langs=LANGS, in_process=False, train_subset=32, test_subset=16, parallel_subset=200, align_pairs=40, batch_size=16)
+FULL = Sizes(langs=LANGS, in_process=False, train_subset=16, test_subset=8, parallel_subset=150, align_pairs=30,
+             batch_size=16)
 SMOKE = Sizes(langs=("es", "fr"), in_process=True, train_subset=8, test_subset=4, parallel_subset=40, align_pairs=6, batch_size=4)
 
 
 def trial_config(context: Context, sizes: Sizes, seed: int, cache_dir: Path) -> dict[str, Any]:
     return {
         "model": "e5-small", "model_source": str(context.model), "task": "udpos", "realign": "none",
-        "pairs": "dico", "corpus": "ntrex", "seed": seed,
+        "pairs": "dico", "corpus": context.corpus, "seed": seed,
         "settings": {
             "data_dir": str(context.data_dir), "cache_dir": str(cache_dir), "langs": list(sizes.langs), "epochs": 1,
             "batch_size": sizes.batch_size, "micro_batch_size": sizes.batch_size,

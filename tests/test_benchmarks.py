@@ -107,3 +107,46 @@ def test_overhead_breakdown_replays_trials_onto_slots():
     assert result["per_trial"]["unaccounted"] == pytest.approx(10 - 1 - 8)
     assert result["per_trial_compute"] == pytest.approx(8 - 0.5 - 0.25)
     assert result["fixed"] == {"driver_start_and_imports": 2.0, "ray_start": 3.0, "after_last_trial": 2.0}
+
+
+def test_gpu_code_path_runs_packed_workers_on_cpu(tmp_path):
+    """The GPU section cannot run here; its worker, barrier and aggregation are the same on CPU."""
+    from benchmarks.gpu_throughput import ModelShape, packed_throughput
+
+    tiny = ModelShape("tiny-xlmr", "xlm-roberta", layers=1, hidden=16, heads=2, intermediate=32, vocab=300)
+    result = packed_throughput(tiny, packing=2, device="cpu", folder=tmp_path, warm_steps=1, timed_steps=2,
+                               batch_size=4)
+    assert "error" not in result, result
+    assert len(result["workers"]) == 2
+    # each worker counted the real tokens of its 2 timed steps of 4 examples (lengths 4..128)
+    for worker in result["workers"]:
+        assert 2 * 4 * 4 <= worker["tokens"] <= 2 * 4 * 128
+        assert worker["end"] >= worker["start"]
+    assert result["tokens_per_second"] > 0
+
+
+def test_paper_configs_and_full_grid_estimate():
+    from benchmarks.gpu_throughput import PAPER_SHAPES, build_config, grid_hours, trial_token_equivalents
+
+    expected = {  # layers, hidden, vocab of the four paper models
+        "distilbert-base-multilingual-cased": (6, 768, 119547),
+        "bert-base-multilingual-cased": (12, 768, 119547),
+        "xlm-roberta-base": (12, 768, 250002),
+        "xlm-roberta-large": (24, 1024, 250002),
+    }
+    for name, (layers, hidden, vocab) in expected.items():
+        config = build_config(PAPER_SHAPES[name])
+        assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (layers, hidden, vocab), name
+        assert config.num_labels == 17
+    # udpos, no realignment, 5 epochs, by hand: training 5 x 12544 x 23.0 = 1,442,560; alignment
+    # 2 stages x 5 langs x 770 sentences x 67.7 = 521,290; test sets 153,054.1; forward-only at 1/3.
+    assert trial_token_equivalents("udpos", "none", 5) == pytest.approx(1_442_560 + (521_290 + 153_054.1) / 3)
+    # joint adds 392 steps/epoch x 5 x 16 pairs x 67.7 tokens
+    assert trial_token_equivalents("udpos", "joint", 5) - trial_token_equivalents("udpos", "none", 5) == \
+        pytest.approx(392 * 5 * 16 * 67.7)
+    rates = {name: 1e5 for name in expected}  # tokens/s
+    hours = grid_hours(rates)
+    assert set(hours) == {"experiment 1", "experiment 2"}
+    assert set(hours["experiment 1"]["by_model"]) == set(expected)
+    assert set(hours["experiment 2"]["by_model"]) == set(expected)  # NLI baselines of all four
+    assert 0 < hours["experiment 1"]["total"] < hours["experiment 2"]["total"]

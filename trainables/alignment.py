@@ -26,7 +26,6 @@ Run as a command: `python -m trainables.alignment --model PATH --data-dir DIR --
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import time
 from dataclasses import replace
@@ -45,6 +44,7 @@ from trainables.encoding import POOLINGS, encode_words, pool_words
 from trainables.pairs import PAIR_COLUMNS, PAIR_SOURCES, AlignedCorpus, PairContext, extract_pairs
 from trainables.runtime import autocast, eval_mode, resolve_device
 from trainables.settings import Settings
+from trainables.registry import unknown_name
 
 RESULT_COLUMNS: tuple[str, ...] = ("lang", "direction", "kind", "layer", "accuracy", "n_pairs")
 DUMP_COLUMNS: tuple[str, ...] = ("lang",) + PAIR_COLUMNS
@@ -340,9 +340,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _unknown(what: str, name: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"error: unknown {what} {name!r}{hint}; valid: {', '.join(valid)}"
+    return f"error: {unknown_name(what, name, valid)}"
 
 
 def _validate_names(args: argparse.Namespace, langs: tuple[str, ...]) -> str | None:

@@ -22,7 +22,6 @@ twice by mistake; here X-en is its own file).
 """
 from __future__ import annotations
 
-import difflib
 import itertools
 import logging
 import os
@@ -40,6 +39,7 @@ from trainables.cache import (
     save_jsonl,
     save_string_pairs,
 )
+from trainables.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -174,9 +174,6 @@ class Subset:
         return f"first{self.n}" if self.mode == "first" else f"random{self.n}-seed{self.seed}"
 
 
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # --- readers for the local formats --------------------------------------------------------------
@@ -403,13 +400,13 @@ def _fetch_muse(limit: int | None, src: str, tgt: str) -> list[tuple[str, str]]:
 def _check_lang(lang: str, langs: Iterable[str], what: str) -> None:
     langs = list(langs)
     if lang not in langs:
-        raise ValueError(f"{what}: language {lang!r} not available{_did_you_mean(lang, langs)}; known: {', '.join(langs)}")
+        raise ValueError(f"{what}: language {lang!r} not available{did_you_mean(lang, langs)}; known: {', '.join(langs)}")
 
 
 def _check_split(split: str, splits: Iterable[str], what: str) -> None:
     splits = list(splits)
     if split not in splits:
-        raise ValueError(f"{what}: split {split!r} not available{_did_you_mean(split, splits)}; known: {', '.join(splits)}")
+        raise ValueError(f"{what}: split {split!r} not available{did_you_mean(split, splits)}; known: {', '.join(splits)}")
 
 
 def _validate_udpos(split: str, lang: str) -> None:
@@ -570,14 +567,14 @@ TASK_SOURCES: dict[str, dict[str, str]] = {
 
 def get_source(name: str) -> DataSource:
     if name not in DATA_SOURCES:
-        raise ValueError(f"unknown data source {name!r}{_did_you_mean(name, DATA_SOURCES)}; known: {', '.join(DATA_SOURCES)}")
+        raise ValueError(f"unknown data source {name!r}{did_you_mean(name, DATA_SOURCES)}; known: {', '.join(DATA_SOURCES)}")
     return DATA_SOURCES[name]
 
 
 def task_source(task: str, split: str) -> DataSource:
     """The data source that holds `split` of `task`."""
     if task not in TASK_SOURCES:
-        raise ValueError(f"unknown task {task!r}{_did_you_mean(task, TASK_SOURCES)}; known: {', '.join(TASK_SOURCES)}")
+        raise ValueError(f"unknown task {task!r}{did_you_mean(task, TASK_SOURCES)}; known: {', '.join(TASK_SOURCES)}")
     _check_split(split, TASK_SOURCES[task], task)
     return get_source(TASK_SOURCES[task][split])
 
@@ -687,7 +684,7 @@ def parallel_source(corpus: str, data_dir: str | Path | None = None) -> DataSour
     local = sorted(p.name for p in local_root.iterdir()) if local_root is not None and local_root.is_dir() else []
     where = str(local_dir) if local_dir is not None else f"parallel/{corpus} (no data dir: set data_dir or ${DATA_DIR_ENV})"
     raise DataSourceError(
-        f"unknown parallel corpus {corpus!r}{_did_you_mean(corpus, registered + local)}: not registered "
+        f"unknown parallel corpus {corpus!r}{did_you_mean(corpus, registered + local)}: not registered "
         f"({', '.join(registered)}) and no local directory {where}; expected layout: "
         f"parallel/{corpus}/en-X.en and en-X.X, line-aligned"
     )
@@ -782,7 +779,7 @@ def required_data(
             needs.append((source, {"src": "en", "tgt": lang}))
             needs.append((source, {"src": lang, "tgt": "en"}))
     else:
-        raise ValueError(f"unknown requirement kind {kind!r}{_did_you_mean(kind, REQUIREMENT_KINDS)}; known: {', '.join(REQUIREMENT_KINDS)}")
+        raise ValueError(f"unknown requirement kind {kind!r}{did_you_mean(kind, REQUIREMENT_KINDS)}; known: {', '.join(REQUIREMENT_KINDS)}")
     for source, key in needs:
         source.validate(**key)
     return [Requirement(source, tuple(key.items())) for source, key in needs]

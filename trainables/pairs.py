@@ -20,7 +20,6 @@ pairs as parquet files under the cache dir so that concurrent trials compute the
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -41,6 +40,7 @@ import pyarrow.parquet as pq
 from trainables.cache import cache_key, cached
 from trainables.data import Subset, load_dictionary, load_parallel, resolve_cache_dir
 from trainables.segmentation import segment_corpus, segmentation_id
+from trainables.registry import lookup
 
 if TYPE_CHECKING:  # torch and transformers are imported where used: the sweep driver stays light
     import torch
@@ -418,11 +418,7 @@ PAIR_SOURCES: dict[str, PairSource] = {
 
 
 def get_pair_source(name: str) -> PairSource:
-    if name not in PAIR_SOURCES:
-        close = difflib.get_close_matches(name, PAIR_SOURCES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown pair source {name!r}{hint}; known: {', '.join(PAIR_SOURCES)}")
-    return PAIR_SOURCES[name]
+    return lookup(PAIR_SOURCES, name, "pair source")
 
 
 def _save_segmented(value: tuple[list[list[str]], list[list[str]]], path: Path) -> None:

@@ -23,7 +23,6 @@ reference code's `-1` meant `hidden_states[L-1]`, the penultimate output (PAPER-
 """
 from __future__ import annotations
 
-import difflib
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trainables.encoding import encode_words, pool_words
 from trainables.runtime import autocast
 from trainables.settings import Settings
+from trainables.registry import lookup
 
 if TYPE_CHECKING:  # pairs.py is written by another helper; only its attributes are used here
     from trainables.pairs import AlignedCorpus
@@ -374,8 +374,4 @@ REALIGN_METHODS: dict[str, RealignMethod] = {
 
 
 def get_realign_method(name: str) -> RealignMethod:
-    if name not in REALIGN_METHODS:
-        close = difflib.get_close_matches(name, REALIGN_METHODS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown realignment method {name!r}{hint}; valid: {', '.join(REALIGN_METHODS)}")
-    return REALIGN_METHODS[name]
+    return lookup(REALIGN_METHODS, name, "realignment method")

@@ -13,11 +13,12 @@ mark after a letter becomes its own "punctuation" token; the paper's code had th
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
+
+from trainables.registry import lookup
 
 WORD_PATTERN = re.compile(r"\w+|[^\w\s]+")
 
@@ -60,11 +61,7 @@ LANGUAGE_SEGMENTERS: dict[str, str] = {"zh": "jieba"}
 
 
 def get_segmenter(name: str) -> Segmenter:
-    if name not in SEGMENTERS:
-        close = difflib.get_close_matches(name, SEGMENTERS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown segmenter {name!r}{hint}; known: {', '.join(SEGMENTERS)}")
-    return SEGMENTERS[name]
+    return lookup(SEGMENTERS, name, "segmenter")
 
 
 def segmenter_for(lang: str) -> Segmenter:

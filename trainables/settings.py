@@ -8,9 +8,10 @@ the published numbers can be matched too.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
+
+from trainables.registry import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,8 @@ PRESETS = {
 
 
 def unknown_setting_error(name: str, where: str = "settings") -> ValueError:
-    close = difflib.get_close_matches(name, SETTING_NAMES, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown key {name!r} in {where}{hint}; valid keys: {', '.join(SETTING_NAMES)}")
+    return ValueError(f"unknown key {name!r} in {where}{did_you_mean(name, SETTING_NAMES)}; "
+                      f"valid keys: {', '.join(SETTING_NAMES)}")
 
 
 def make_settings(values: Mapping[str, Any], model: str = "", where: str = "settings") -> Settings:

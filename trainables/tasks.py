@@ -16,7 +16,6 @@ Featurisation happens once per dataset (`featurize`), into flat token tensors pl
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -33,6 +32,7 @@ from transformers import (
 
 from trainables.encoding import IGNORE_INDEX, encode_words, first_subword_labels
 from trainables.settings import Settings
+from trainables.registry import lookup
 
 UPOS_TAGS: tuple[str, ...] = (
     "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",
@@ -227,8 +227,4 @@ TASKS: dict[str, Task] = {
 def get_task(task: str | Task) -> Task:
     if isinstance(task, Task):
         return task
-    if task not in TASKS:
-        close = difflib.get_close_matches(task, TASKS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown task {task!r}{hint}; valid: {', '.join(TASKS)}")
-    return TASKS[task]
+    return lookup(TASKS, task, "task")

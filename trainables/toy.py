@@ -33,7 +33,6 @@ CLI: ``python -m trainables.toy OUT_DIR`` writes ``OUT_DIR/data`` and ``OUT_DIR/
 from __future__ import annotations
 
 import argparse
-import difflib
 import heapq
 import json
 import math
@@ -44,6 +43,8 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+
+from trainables.registry import did_you_mean
 
 if TYPE_CHECKING:  # torch and transformers load lazily: writing toy data needs neither
     import torch
@@ -218,9 +219,7 @@ LANGUAGES: dict[str, LanguageSpec] = {
 def language_spec(code: str) -> LanguageSpec:
     """The spec of a toy language, with a "did you mean" error for unknown codes."""
     if code not in LANGUAGES:
-        close = difflib.get_close_matches(code, LANGUAGES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"toy language {code!r} is not one of {sorted(LANGUAGES)}{hint}")
+        raise KeyError(f"toy language {code!r} is not one of {sorted(LANGUAGES)}{did_you_mean(code, LANGUAGES)}")
     return LANGUAGES[code]
 
 
