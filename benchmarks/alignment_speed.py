@@ -187,7 +187,8 @@ def measure_end_to_end(context: Context, sizes: Sizes) -> dict[str, Any]:
     from trainables.settings import Settings
 
     cache = context.scratch("cache")
-    corpora = {lang: extract_pairs(context.corpus, lang, PAIR_SOURCE, context.data_dir, cache, Subset(sizes.parallel_subset))
+    subset = Subset(sizes.parallel_subset)
+    corpora = {lang: extract_pairs(context.corpus, lang, PAIR_SOURCE, context.data_dir, cache, subset)
                for lang in sizes.langs}
     settings = replace(Settings(), align_pairs=sizes.pairs, device="cpu", precision="fp32", langs=sizes.langs)
     tokenizer = AutoTokenizer.from_pretrained(str(context.model))
@@ -234,8 +235,8 @@ def run(context: Context) -> Section:
         Row("2a. alignment total / forward passes", fmt_seconds(end_to_end["total_seconds"]),
             fmt_seconds(end_to_end["forward_seconds"]), overhead, f"<= {TARGET_OVERHEAD}",
             overhead <= TARGET_OVERHEAD,
-            f"{context.model_label}, {len(sizes.langs)} langs x {sizes.pairs} {PAIR_SOURCE} pairs ({context.corpus}), all layers, both"
-            " directions, strong+weak; baseline = time inside model.forward in the same run"),
+            f"{context.model_label}, {len(sizes.langs)} langs x {sizes.pairs} {PAIR_SOURCE} pairs ({context.corpus}),"
+            " all layers, both directions, strong+weak; baseline = time inside model.forward in the same run"),
         Row("2b. alignment search: per-query loop / ours", fmt_seconds(search["ours_seconds"]),
             fmt_seconds(search["loop_seconds"]), speedup, "info (speed-up)", None,
             f"{sizes.search_langs} langs x {sizes.search_pairs} pairs x {sizes.search_layers} layers x"

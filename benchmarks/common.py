@@ -79,6 +79,7 @@ class Context:
     smoke: bool = False
     model_path: Path | None = None  # the encoder benchmarks 1-3 use; None: e5-small (smoke: the toy BERT)
     corpus: str = "ntrex"  # parallel corpus of benchmarks 2-3 (smoke: the toy data's "toy")
+    threads: int = 1  # torch threads of benchmarks 1-3, ours and baseline alike (--threads)
 
     @property
     def model(self) -> Path:

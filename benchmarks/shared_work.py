@@ -58,7 +58,8 @@ class Sizes:
 
 FULL = Sizes(langs=LANGS, in_process=False, train_subset=16, test_subset=8, parallel_subset=150, align_pairs=30,
              batch_size=16)
-SMOKE = Sizes(langs=("es", "fr"), in_process=True, train_subset=8, test_subset=4, parallel_subset=40, align_pairs=6, batch_size=4)
+SMOKE = Sizes(langs=("es", "fr"), in_process=True, train_subset=8, test_subset=4, parallel_subset=40, align_pairs=6,
+              batch_size=4)
 
 
 def trial_config(context: Context, sizes: Sizes, seed: int, cache_dir: Path) -> dict[str, Any]:
@@ -70,6 +71,7 @@ def trial_config(context: Context, sizes: Sizes, seed: int, cache_dir: Path) -> 
             "batch_size": sizes.batch_size, "micro_batch_size": sizes.batch_size,
             "train_subset": sizes.train_subset, "test_subset": sizes.test_subset,
             "parallel_subset": sizes.parallel_subset, "align_pairs": sizes.align_pairs,
+            "num_threads": context.threads,
         },
     }
 
@@ -141,7 +143,7 @@ def run(context: Context) -> Section:
             continue
         write_json_atomic(config, config_path)
         process_wall, _ = run_python_module("benchmarks.shared_work", [str(config_path), str(out_path)],
-                                            timeout_s=WORKER_TIMEOUT_S)
+                                            timeout_s=WORKER_TIMEOUT_S, threads=context.threads)
         result = read_json(out_path)
         result["process_wall_seconds"] = process_wall
         results.append(result)
@@ -158,8 +160,8 @@ def run(context: Context) -> Section:
             second_share / first_share if first_share else None,
             f"2nd < {SHARED_LIMIT:.0%}, 1st > {FIRST_TRIAL_MINIMUM:.0%}", passed,
             f"pairs+tokenisation+pretrained alignment; trial wall {first['wall_seconds']:.1f} s (cold) vs"
-            f" {second['wall_seconds']:.1f} s (cached); {context.model_label} udpos, {len(sizes.langs)} langs, {sizes.parallel_subset} lines,"
-            f" {sizes.align_pairs} pairs, {sizes.train_subset} train"),
+            f" {second['wall_seconds']:.1f} s (cached); {context.model_label} udpos, {len(sizes.langs)} langs,"
+            f" {sizes.parallel_subset} lines, {sizes.align_pairs} pairs, {sizes.train_subset} train"),
         Row("3b. load_inputs + pretrained_alignment share (info)", fmt_percent(load_share(second)),
             fmt_percent(load_share(first)), load_share(second) / load_share(first) if load_share(first) else None,
             "info", None,

@@ -45,14 +45,16 @@ class Sizes:
     langs: tuple[str, ...]
     one_thread_loop: bool  # also run the information row's 1-thread loop
     loop_threads: int  # torch threads of the baseline loop (the issue: 2; smoke: 1, it measures nothing)
+    loop_budget_s: float | None  # a loop still running after this stops after its current trial (extrapolated)
     epochs: int
     align_pairs: int
     toy: Mapping[str, int]  # write_toy arguments
 
 
-FULL = Sizes(seeds=(0, 1, 2, 3), langs=("ar", "es", "fr", "ru", "zh"), one_thread_loop=True, loop_threads=2, epochs=3, align_pairs=100, toy={})
-SMOKE = Sizes(seeds=(0,), langs=("es", "fr"), one_thread_loop=False, loop_threads=1, epochs=1, align_pairs=10,
-              toy={"pretrain_steps": 5, "n_train": 24, "n_test": 6, "n_parallel": 30})
+FULL = Sizes(seeds=(0, 1, 2, 3), langs=("ar", "es", "fr", "ru", "zh"), one_thread_loop=True, loop_threads=2,
+             loop_budget_s=60.0, epochs=3, align_pairs=100, toy={})
+SMOKE = Sizes(seeds=(0,), langs=("es", "fr"), one_thread_loop=False, loop_threads=1, loop_budget_s=None, epochs=1,
+              align_pairs=10, toy={"pretrain_steps": 5, "n_train": 24, "n_test": 6, "n_parallel": 30})
 
 
 def toy_assets(sizes: Sizes, smoke: bool) -> tuple[Path, Path]:
@@ -67,8 +69,8 @@ def raw_experiment(data_dir: Path, model_dir: Path, sizes: Sizes) -> dict[str, A
     return dict(
         name="bench",
         models={"toy-bert": dict(source=str(model_dir), cpu=1, gpu=0.25)},
-        settings=dict(data_dir=str(data_dir), langs=list(sizes.langs), epochs=sizes.epochs, batch_size=16, micro_batch_size=16,
-                      learning_rate=1e-3, align_pairs=sizes.align_pairs),
+        settings=dict(data_dir=str(data_dir), langs=list(sizes.langs), epochs=sizes.epochs, batch_size=16,
+                      micro_batch_size=16, learning_rate=1e-3, align_pairs=sizes.align_pairs),
         grids=[dict(model=["toy-bert"], task=["udpos"], realign=REALIGN_METHODS, pairs=["dico"], corpus=["toy"],
                     seed=list(sizes.seeds))],
     )
@@ -166,8 +168,11 @@ def loop_main(spec_path: Path, out_path: Path) -> int:
     from trainables.trial import run_trial
 
     imports_done = time.time()
-    seconds = []
+    seconds: list[float] = []
+    budget = spec.get("budget_s")
     for config in spec["configs"]:
+        if budget is not None and sum(seconds) > budget:
+            break  # the rest is extrapolated by the caller
         start = time.perf_counter()
         run_trial(config, None, lambda metrics, state: None)  # no checkpoints, nothing kept
         seconds.append(time.perf_counter() - start)
@@ -226,14 +231,23 @@ def overhead_breakdown(trials: list[dict[str, Any]], marks: Mapping[str, float],
 # Benchmark
 
 
-def run_loop(folder: Path, name: str, configs: list[dict[str, Any]], threads: int) -> dict[str, Any]:
+def run_loop(folder: Path, name: str, configs: list[dict[str, Any]], threads: int,
+             budget_s: float | None = None) -> dict[str, Any]:
+    """The plain loop in a fresh process. Past `budget_s` of trials it stops after the current
+    trial, and the wall time is extrapolated: the remaining trials at the mean of the finished
+    ones after the first (the first also fills the cold cache, like the engine's first trials)."""
     spec_path, out_path = folder / f"{name}-spec.json", folder / f"{name}-out.json"
-    write_json_atomic({"configs": configs, "threads": threads}, spec_path)
+    write_json_atomic({"configs": configs, "threads": threads, "budget_s": budget_s}, spec_path)
     launched = time.time()
     wall, _ = run_python_module("benchmarks.sweep_overhead", ["loop", str(spec_path), str(out_path)],
                                 timeout_s=SUBPROCESS_TIMEOUT_S, threads=threads)
     result = read_json(out_path)
-    result.update(wall_seconds=wall, startup_seconds=result["imports_done"] - launched)
+    done = result["trial_seconds"]
+    remaining = len(configs) - len(done)
+    warm = done[1:] or done
+    result.update(measured_wall_seconds=wall, startup_seconds=result["imports_done"] - launched,
+                  trials_run=len(done), extrapolated=remaining > 0,
+                  wall_seconds=wall + remaining * sum(warm) / len(warm))
     return result
 
 
@@ -266,33 +280,41 @@ def run(context: Context) -> Section:
     raw = raw_experiment(data_dir, model_dir, sizes)
     experiment = build_experiment(raw, where="benchmark")
     # the loop runs the engine's own trial configs, with a cache of its own (cold, like the engine's)
-    loop = run_loop(folder, "loop", trial_configs(experiment, folder / "loop-storage"), sizes.loop_threads)
+    loop = run_loop(folder, "loop", trial_configs(experiment, folder / "loop-storage"), sizes.loop_threads,
+                    sizes.loop_budget_s)
     engine = run_engine(folder, raw)
-    loop_one_thread = (run_loop(folder, "loop-1-thread", trial_configs(experiment, folder / "loop1-storage"), 1)
-                       if sizes.one_thread_loop else None)
+    loop_one_thread = (run_loop(folder, "loop-1-thread", trial_configs(experiment, folder / "loop1-storage"), 1,
+                                sizes.loop_budget_s) if sizes.one_thread_loop else None)
 
     ratio = engine["wall_seconds"] / loop["wall_seconds"]
     breakdown = engine["breakdown"]
     per_trial = breakdown["per_trial"]
     per_trial_total = sum(per_trial.values())
     n = len(experiment.trials)
+
+    def loop_wall(result: dict[str, Any]) -> str:
+        text = fmt_seconds(result["wall_seconds"])
+        return f"{text} (est., {result['trials_run']}/{n} run)" if result["extrapolated"] else text
+
     rows = [
         Row(f"4. sweep engine / plain loop ({n} trials)", fmt_seconds(engine["wall_seconds"]),
-            fmt_seconds(loop["wall_seconds"]), ratio, f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO,
+            loop_wall(loop), ratio, f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO,
             f"toy BERT, udpos, {'/'.join(REALIGN_METHODS)} x {len(sizes.seeds)} seeds, {sizes.epochs} epochs; engine"
-            f" {ENGINE_CPUS} CPUs, 1 thread/trial; loop 1 process, torch {sizes.loop_threads} threads; whole processes"),
+            f" {ENGINE_CPUS} CPUs, 1 thread/trial; loop 1 process, torch {sizes.loop_threads} threads; whole"
+            f" processes; a loop past {sizes.loop_budget_s} s of trials is stopped and the rest extrapolated"),
         Row("4b. engine per-trial overhead (info)", fmt_seconds(per_trial_total),
             fmt_seconds(breakdown["per_trial_compute"]), per_trial_total / max(breakdown["per_trial_compute"], 1e-9),
             "info", None,
             "overhead vs the trial's own run_trial time; " + ", ".join(
                 f"{name.replace('_', ' ')} {value:.2f} s" for name, value in per_trial.items())),
         Row("4c. sweep engine / plain loop, 1 thread (info)", fmt_seconds(engine["wall_seconds"]),
-            fmt_seconds(loop_one_thread["wall_seconds"]) if loop_one_thread else "not run (smoke)",
+            loop_wall(loop_one_thread) if loop_one_thread else "not run (smoke)",
             engine["wall_seconds"] / loop_one_thread["wall_seconds"] if loop_one_thread else None,
             "info", None, "the same loop with torch at 1 thread"),
     ]
-    details = {"sizes": {"seeds": list(sizes.seeds), "langs": list(sizes.langs), "epochs": sizes.epochs, "align_pairs": sizes.align_pairs,
-                         "toy": dict(sizes.toy)},
+    details = {"sizes": {"seeds": list(sizes.seeds), "langs": list(sizes.langs), "epochs": sizes.epochs,
+                         "align_pairs": sizes.align_pairs, "toy": dict(sizes.toy), "loop_threads": sizes.loop_threads,
+                         "loop_budget_s": sizes.loop_budget_s},
                "trials": n, "engine": engine, "loop": loop, "loop_one_thread": loop_one_thread}
     notes = [f"sweep engine fixed overhead: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"
                                                           for k, v in breakdown["fixed"].items()),

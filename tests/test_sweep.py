@@ -75,12 +75,13 @@ def test_gpu_less_cluster_is_never_asked_for_gpus():
     assert trial_resources(gpus_available=True)(config).required_resources == {"CPU": 1.0, "GPU": 0.5}
 
 
-def write_toy_experiment(path: Path, data: Path, model: Path, seeds: list[int], epochs: int) -> Path:
+def write_toy_experiment(path: Path, data: Path, model: Path, seeds: list[int], epochs: int,
+                         train_subset: int = 64) -> Path:
     path.write_text(
         "EXPERIMENT = dict(name='toy', "
         f"models={{'toy-bert': dict(source={str(model)!r}, cpu=1, gpu=0.5)}}, "
         f"settings=dict(data_dir={str(data)!r}, langs=['es', 'fr'], epochs={epochs}, batch_size=16, "
-        "micro_batch_size=16, learning_rate=1e-3, train_subset=64, test_subset=16, parallel_subset=100, "
+        f"micro_batch_size=16, learning_rate=1e-3, train_subset={train_subset}, test_subset=16, parallel_subset=100, "
         "align_pairs=50), "
         f"grids=[dict(model=['toy-bert'], task=['udpos'], realign=['joint'], pairs=['dico'], corpus=['toy'], "
         f"seed={seeds})])\n"
@@ -118,7 +119,9 @@ def test_trial_killed_midway_continues_from_checkpoint(tmp_path, toy_assets):
 
 def test_driver_killed_then_rerun_finishes_without_rerunning(tmp_path, toy_assets):
     data, model = toy_assets
-    experiment = write_toy_experiment(tmp_path / "exp.py", data, model, seeds=[0, 1, 2], epochs=1)
+    seeds = list(range(6))
+    experiment = write_toy_experiment(tmp_path / "exp.py", data, model, seeds=seeds, epochs=3,
+                                      train_subset=300)  # long enough trials to kill the driver between two
     storage = tmp_path / "results"
     run_dir = storage / "toy"
     driver = subprocess.Popen(sweep_command(experiment, storage), cwd=ROOT, start_new_session=True,
@@ -126,19 +129,19 @@ def test_driver_killed_then_rerun_finishes_without_rerunning(tmp_path, toy_asset
     deadline = time.monotonic() + SWEEP_TIMEOUT_S
     finished: dict[str, str] = {}
     while time.monotonic() < deadline and not finished:
-        time.sleep(1)
+        time.sleep(0.2)
         finished = {name: (run_dir / name / "result.json").read_text()
                     for name, rows in final_results(run_dir).items() if rows and rows[-1].get("phase") == "done"}
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
     driver.wait()
     assert finished, "no trial finished before the deadline"
-    assert len(finished) < 3, "the sweep finished before the driver could be killed"
+    assert len(finished) < len(seeds), "the sweep finished before the driver could be killed"
 
     rerun = subprocess.run(sweep_command(experiment, storage), cwd=ROOT, capture_output=True, text=True,
                            timeout=SWEEP_TIMEOUT_S)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert "resuming" in rerun.stdout
     rows = final_results(run_dir)
-    assert len(rows) == 3 and all(r[-1]["phase"] == "done" for r in rows.values())
+    assert len(rows) == len(seeds) and all(r[-1]["phase"] == "done" for r in rows.values())
     for name, text in finished.items():  # finished trials were not run again
         assert (run_dir / name / "result.json").read_text() == text
