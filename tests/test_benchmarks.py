@@ -1,6 +1,8 @@
-"""The benchmark harness in smoke mode: every benchmark runs end to end on tiny slices, and the
-printed table and the JSON file have the promised structure. Timings are not checked (smoke
-slices measure nothing meaningful, and the machine is shared)."""
+"""The benchmark harness in smoke mode (toy model and toy data): every benchmark runs end to end
+on tiny slices, and the printed table and the JSON file have the promised structure. Timings are
+not checked (smoke slices measure nothing meaningful, and the machine is shared). Plus the pieces
+whose results can be computed by hand: the per-query baseline, the overhead breakdown, the GPU
+section's worker (run on CPU) and its token accounting."""
 from __future__ import annotations
 
 import json
@@ -15,7 +17,7 @@ from benchmarks.sweep_overhead import overhead_breakdown
 ROW_KEYS = {"benchmark", "ours", "baseline", "ratio", "target", "passed", "note"}
 
 
-def test_smoke_run_prints_the_table_and_writes_json(tmp_path, shared_data, capsys):
+def test_smoke_run_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "nested" / "results.json"  # the folder does not exist yet
     status = main(["--smoke", "--out", str(out)])
     printed = capsys.readouterr().out
@@ -23,7 +25,6 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path, shared_data, capsy
 
     for column in TABLE_COLUMNS:
         assert column in printed
-    assert "skipped: no GPU" in printed or "GPU" in printed
 
     document = json.loads(out.read_text())
     assert document["mode"] == "smoke"

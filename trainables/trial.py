@@ -14,6 +14,7 @@ is cached on disk under `cache_dir` (file-locked, atomic), so concurrent trials 
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ def new_state(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
     task = get_task(config["task"])
-    tokenizer = AutoTokenizer.from_pretrained(config["model_source"])
+    tokenizer = load_tokenizer(config["model_source"])
     subset = lambda n: Subset(n, settings.subset_mode, settings.subset_seed)  # noqa: E731
     train = featurize_cached(task, tokenizer, config, settings, "train", SOURCE_LANG, subset(settings.train_subset))
     test = {
@@ -81,6 +82,13 @@ def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
         for lang in settings.langs
     }
     return TrialInputs(settings, task, tokenizer, train, test, corpora)
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """A model's tokenizer, read once per process: XLM-R's takes ~3 s to load, and the engine
+    runs trial after trial in the same worker process."""
+    return AutoTokenizer.from_pretrained(source)
 
 
 def featurize_cached(
