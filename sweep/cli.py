@@ -59,14 +59,17 @@ def run_prepare_hook(prepare: Any, where: str) -> None:
 
 
 def print_trials(experiment: Experiment, console: Console) -> None:
+    """The trial table; settings shared by every trial are printed once, above it."""
+    common = set.intersection(*(set(t.settings) for t in experiment.trials))
+    if common:
+        console.print("settings of every trial: " + ", ".join(f"{k}={v}" for k, v in sorted(common)))
     table = Table(title=f"{experiment.name}: {experiment.source}")
-    for column in ("#", *AXES, "CPU", "GPU", "settings"):
+    for column in ("#", *AXES, "CPU", "GPU", "other settings"):
         table.add_column(column)
     for index, trial in enumerate(experiment.trials):
         spec = experiment.models[trial.model]
-        settings = ", ".join(f"{k}={v}" for k, v in trial.settings if k not in ("langs", "data_dir"))
-        table.add_row(str(index), *(str(getattr(trial, axis)) for axis in AXES), f"{spec.cpu:g}", f"{spec.gpu:g}",
-                      settings)
+        own = ", ".join(f"{k}={v}" for k, v in trial.settings if (k, v) not in common)
+        table.add_row(str(index), *(str(getattr(trial, axis)) for axis in AXES), f"{spec.cpu:g}", f"{spec.gpu:g}", own)
     console.print(table)
     console.print("GPU shares apply only where the cluster has GPUs; elsewhere trials ask for none.")
     print(f"{len(experiment.trials)} trials")
