@@ -20,10 +20,10 @@ EXPERIMENT = dict(
         epochs=1,
         batch_size=16,
         micro_batch_size=16,
-        train_subset=128,
-        test_subset=32,
+        train_subset=64,
+        test_subset=24,
         parallel_subset=200,
-        align_pairs=100,  # per language; three measurements a trial dominate its CPU time
+        align_pairs=60,  # per language; three measurements a trial dominate its CPU time
         task_max_length=96,
     ),
     grids=[
