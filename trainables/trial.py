@@ -86,8 +86,9 @@ def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """A model's tokenizer, read once per process: XLM-R's takes ~3 s to load, and the engine
-    runs trial after trial in the same worker process."""
+    """A model's tokenizer, read once per process: XLM-R's takes ~3 s to load. It pays off where
+    one process runs trial after trial (a plain loop, the benchmarks); the engine now gives each
+    trial a fresh worker process, so there it saves nothing."""
     return AutoTokenizer.from_pretrained(source)
 
 
