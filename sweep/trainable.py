@@ -39,7 +39,9 @@ def report_to_tune(metrics: Mapping[str, Any], state: Mapping[str, Any] | None =
 
 
 def run_trial_in_tune(config: Mapping[str, Any]) -> None:
-    from trainables.trial import run_trial  # imported in the worker: the driver needs no torch models
+    # imported in the worker: the driver needs no torch models
+    from trainables.runtime import return_freed_memory
+    from trainables.trial import run_trial
 
     trial_config = dict(config["trial"])
     cpus = trial_config.get("resources", {}).get("CPU")
@@ -50,7 +52,10 @@ def run_trial_in_tune(config: Mapping[str, Any]) -> None:
     crash_after = int(os.environ.get(CRASH_AFTER_CHECKPOINTS_ENV, "0"))
     if crash_after and state is None:
         report = _crashing_after(crash_after, report_to_tune)
-    run_trial(trial_config, state, report)
+    try:
+        run_trial(trial_config, state, report)
+    finally:  # the worker process runs the next trial: don't let it hold this one's peak memory
+        return_freed_memory()
 
 
 def _crashing_after(n_checkpoints: int, report: Callable[..., None]) -> Callable[..., None]:

@@ -318,13 +318,18 @@ def fastalign_source(en_words: list[list[str]], x_words: list[list[str]], lang: 
 # --- awesome -----------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=2)  # one load for all target languages of a trial
 def _load_encoder(name: str, device: str) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModel.from_pretrained(name).to(device).eval()
     return tokenizer, model
+
+
+def release_encoders() -> None:
+    """Drop the aligner encoders kept in memory (the extracted pairs are cached on disk)."""
+    _load_encoder.cache_clear()
 
 
 def _word_id_tensor(encoding: Any, batch_size: int, length: int) -> torch.Tensor:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import os
 import random
 from typing import Iterator
@@ -49,3 +52,21 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             yield model
     finally:
         model.train(was_training)
+
+
+def return_freed_memory() -> None:
+    """Collect garbage and hand freed memory back to the operating system.
+
+    glibc's allocator keeps the memory a trial freed (a 1 GB live set peaked at 3.1 GB of RSS in
+    an e5-small trial and stayed there), so a worker process that runs trial after trial holds its
+    worst trial's peak; `malloc_trim` returns it (measured: 3.1 GB -> 1.0 GB). No-op elsewhere.
+    """
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return
+    trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None)  # glibc only (not musl, not macOS)
+    if trim is not None:
+        trim(0)

@@ -21,7 +21,6 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from seqeval.metrics import f1_score as seqeval_f1_score
 from torch.nn.utils.rnn import pad_sequence
 from transformers import (
     AutoModelForSequenceClassification,
@@ -62,6 +61,9 @@ def accuracy(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) 
 
 def entity_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> float:
     """Entity-level micro F1, seqeval default (conlleval-compatible) mode; see module docstring."""
+    # Imported here: seqeval pulls in scikit-learn and scipy.stats (~0.5 s), which only NER needs.
+    from seqeval.metrics import f1_score as seqeval_f1_score
+
     return float(seqeval_f1_score([list(g) for g in gold], [list(p) for p in predicted], zero_division=0))
 
 

@@ -34,7 +34,7 @@ from trainables.finetuning import (
     realign_sequentially,
     sequential_realign_steps,
 )
-from trainables.pairs import AlignedCorpus, PairContext, extract_pairs
+from trainables.pairs import AlignedCorpus, PairContext, extract_pairs, release_encoders
 from trainables.realignment import build_realigner, get_realign_method
 from trainables.runtime import configure_threads, resolve_device, seed_everything
 from trainables.settings import Settings, make_settings
@@ -81,14 +81,14 @@ def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
                             context=context)
         for lang in settings.langs
     }
+    release_encoders()  # an aligner's encoder (awesome) is not needed past extraction
     return TrialInputs(settings, task, tokenizer, train, test, corpora)
 
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """A model's tokenizer, read once per process: XLM-R's takes ~3 s to load. It pays off where
-    one process runs trial after trial (a plain loop, the benchmarks); the engine now gives each
-    trial a fresh worker process, so there it saves nothing."""
+    """A model's tokenizer, read once per process: XLM-R's takes ~3 s to load, and Ray workers
+    (like a plain loop) run trial after trial."""
     return AutoTokenizer.from_pretrained(source)
 
 
