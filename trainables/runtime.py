@@ -59,7 +59,7 @@ def return_freed_memory() -> None:
 
     glibc's allocator keeps the memory a trial freed (a 1 GB live set peaked at 3.1 GB of RSS in
     an e5-small trial and stayed there), so a worker process that runs trial after trial holds its
-    worst trial's peak; `malloc_trim` returns it (measured: 3.1 GB -> 1.0 GB). No-op elsewhere.
+    worst trial's peak; `malloc_trim` returns it (measured: 3.1 GB -> 1.0 GB). glibc only.
     """
     gc.collect()
     if torch.cuda.is_available():
