@@ -12,7 +12,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,18 +210,13 @@ def run_python_module(module: str, arguments: Sequence[str], timeout_s: float,
 
 
 def write_json_atomic(value: Any, path: Path) -> None:
-    """JSON to a temporary sibling, then os.replace: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(value, stream, indent=2, sort_keys=False, default=str)
-            stream.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """JSON through `trainables.cache.atomic_save`: a reader never sees a half-written file."""
+    from trainables.cache import atomic_save
+
+    def save(data: Any, tmp: Path) -> None:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+    atomic_save(value, Path(path), save)
 
 
 def read_json(path: Path) -> Any:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from sweep.models import DEFAULT_LOCAL_GPU_SHARE, PAPER_MODELS, ModelSpec
-from trainables.registry import did_you_mean
+from trainables.registry import unknown_name
 from trainables.settings import SETTING_NAMES, Settings, make_settings
 
 AXES: tuple[str, ...] = ("model", "task", "realign", "pairs", "corpus", "seed")
@@ -41,16 +41,11 @@ class ExperimentError(ValueError):
     """An experiment file, a setting or a trial axis is invalid: one line says which and why."""
 
 
-def hint_and_valid(value: str, valid: Iterable[str]) -> str:
-    valid = [str(v) for v in valid]
-    return f"{did_you_mean(value, valid)}; valid: {', '.join(valid)}"
-
-
 def check_keys(mapping: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
     valid = tuple(valid)
     for key in mapping:
         if key not in valid:
-            raise ExperimentError(f"{where}: unknown key {key!r}{hint_and_valid(key, valid)}")
+            raise ExperimentError(f"{where}: {unknown_name('key', key, valid)}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,7 @@ class Experiment:
         """Trials whose axes match every KEY=VALUE of `only` (values compared as strings)."""
         for key in only:
             if key not in AXES:
-                raise ExperimentError(f"--only {key}=...: unknown axis{hint_and_valid(key, AXES)}")
+                raise ExperimentError(f"--only {key}=...: {unknown_name('axis', key, AXES)}")
         kept = tuple(t for t in self.trials if all(str(getattr(t, k)) == v for k, v in only.items()))
         return Experiment(self.name, self.description, self.models, kept, self.n_grid_points, self.source)
 
@@ -164,7 +159,7 @@ def build_experiment(
     overrides = dict(overrides or {})
     for key in list(base_settings) + list(overrides):
         if key not in SETTING_NAMES:
-            raise ExperimentError(f"{where}: settings: unknown key {key!r}{hint_and_valid(key, SETTING_NAMES)}")
+            raise ExperimentError(f"{where}: settings: {unknown_name('key', key, SETTING_NAMES)}")
     registries = axis_registries()
     seen: dict[Trial, None] = {}
     n_points = 0
@@ -179,14 +174,14 @@ def build_experiment(
         settings = {**base_settings, **dict(grid.get("settings", {})), **overrides}
         for key in settings:
             if key not in SETTING_NAMES:
-                raise ExperimentError(f"{grid_where}: settings: unknown key {key!r}{hint_and_valid(key, SETTING_NAMES)}")
+                raise ExperimentError(f"{grid_where}: settings: {unknown_name('key', key, SETTING_NAMES)}")
         values = {axis: _as_list(grid[axis]) for axis in AXES}
         for axis, valid in (("model", models), *registries.items()):
             for value in values[axis]:
                 if axis == "corpus":
                     continue  # corpora are open-ended (any local folder): checked with the data
                 if value not in valid:
-                    raise ExperimentError(f"{grid_where}: unknown {axis} {value!r}{hint_and_valid(value, valid)}")
+                    raise ExperimentError(f"{grid_where}: {unknown_name(axis, value, valid)}")
         for seed in values["seed"]:
             if not isinstance(seed, int):
                 raise ExperimentError(f"{grid_where}: seed {seed!r} is not an integer")
@@ -224,7 +219,7 @@ def _check_langs(settings: Settings, where: str) -> None:
     for lang in settings.langs:
         if lang not in LANGUAGES or lang == "en":
             valid = [l for l in LANGUAGES if l != "en"]
-            raise ExperimentError(f"{where}: settings: unknown target language {lang!r}{hint_and_valid(lang, valid)}")
+            raise ExperimentError(f"{where}: settings: {unknown_name('target language', lang, valid)}")
 
 
 def axis_registries() -> dict[str, Iterable[str]]:

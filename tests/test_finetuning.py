@@ -230,6 +230,8 @@ def test_cross_lingual_transfer_by_hand():
     assert ctl == pytest.approx({"es": -0.25, "ar": -0.5, "fr": 0.0})
     with pytest.raises(ValueError, match="'en'"):
         cross_lingual_transfer({"es": 0.5})
+    undefined = cross_lingual_transfer({"en": 0.0, "es": 0.5})  # nothing learned in English
+    assert list(undefined) == ["es"] and math.isnan(undefined["es"])
 
 
 def test_predict_returns_gold_labels_in_example_order(small_tokenizer, es_pos_test):

@@ -39,7 +39,7 @@ from trainables.cache import (
     save_jsonl,
     save_string_pairs,
 )
-from trainables.registry import did_you_mean
+from trainables.registry import did_you_mean, lookup, unknown_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -172,8 +172,6 @@ class Subset:
         if self.n is None:
             return "all"
         return f"first{self.n}" if self.mode == "first" else f"random{self.n}-seed{self.seed}"
-
-
 
 
 # --- readers for the local formats --------------------------------------------------------------
@@ -566,17 +564,14 @@ TASK_SOURCES: dict[str, dict[str, str]] = {
 
 
 def get_source(name: str) -> DataSource:
-    if name not in DATA_SOURCES:
-        raise ValueError(f"unknown data source {name!r}{did_you_mean(name, DATA_SOURCES)}; known: {', '.join(DATA_SOURCES)}")
-    return DATA_SOURCES[name]
+    return lookup(DATA_SOURCES, name, "data source")
 
 
 def task_source(task: str, split: str) -> DataSource:
     """The data source that holds `split` of `task`."""
-    if task not in TASK_SOURCES:
-        raise ValueError(f"unknown task {task!r}{did_you_mean(task, TASK_SOURCES)}; known: {', '.join(TASK_SOURCES)}")
-    _check_split(split, TASK_SOURCES[task], task)
-    return get_source(TASK_SOURCES[task][split])
+    splits = lookup(TASK_SOURCES, task, "task")
+    _check_split(split, splits, task)
+    return get_source(splits[split])
 
 
 # --- the generic loader ------------------------------------------------------------------------------
@@ -779,7 +774,7 @@ def required_data(
             needs.append((source, {"src": "en", "tgt": lang}))
             needs.append((source, {"src": lang, "tgt": "en"}))
     else:
-        raise ValueError(f"unknown requirement kind {kind!r}{did_you_mean(kind, REQUIREMENT_KINDS)}; known: {', '.join(REQUIREMENT_KINDS)}")
+        raise ValueError(unknown_name("requirement kind", kind, REQUIREMENT_KINDS))
     for source, key in needs:
         source.validate(**key)
     return [Requirement(source, tuple(key.items())) for source, key in needs]

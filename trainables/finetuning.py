@@ -421,10 +421,14 @@ def evaluate(
 
 
 def cross_lingual_transfer(scores: Mapping[str, float], source: str = "en") -> dict[str, float]:
-    """CTL of each target language: (m_tgt - m_src) / m_src (paper §3.1)."""
+    """CTL of each target language: (m_tgt - m_src) / m_src (paper §3.1).
+
+    A source score of 0 (nothing learned) leaves relative transfer undefined: NaN, which the
+    analysis drops, rather than an error that would fail the whole trial.
+    """
     if source not in scores:
         raise ValueError(f"no score for the source language {source!r} (have {', '.join(scores) or 'none'})")
     reference = scores[source]
     if reference == 0:
-        raise ValueError(f"score of the source language {source!r} is 0: relative transfer is undefined")
+        return {lang: float("nan") for lang in scores if lang != source}
     return {lang: (score - reference) / reference for lang, score in scores.items() if lang != source}
