@@ -33,8 +33,21 @@ class Settings:
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1  # of optimizer steps (the code counted micro-batches: a bug)
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    task_max_length: int = 128
+    max_grad_norm: float | None = None  # neither the paper nor the reference code clips
+    task_max_length: int = 128  # token tasks: subwords per window (long sentences: several windows)
+    nli_max_length: int = 256  # sentence-pair tasks: premise + hypothesis, truncated (reference: 256)
+    # Token tasks: "windows" splits a sentence longer than task_max_length into overflow windows so
+    # that every word is trained on and scored (the reference); "truncate" drops the words beyond.
+    long_sentences: str = "windows"
+    # XLM-R tokenizers: the reference deletes the lone "▁" ids from the model's input; True keeps
+    # them in the input (they are then only skipped when pooling).
+    keep_lone_prefix: bool = False
+    # NER: the reference post-processes predictions before seqeval (Wu & Dredze's rule).
+    ner_post_processing: bool = True
+    # WikiANN zh test is one character per token: re-segment into words (jieba), labels realigned.
+    ner_zh_words: bool = True
+    # CTL's English score: the reference used the test set (Eq. 1 says the development set).
+    ctl_reference_split: str = "test"
     eval_batch_size: int = 64
     # Length grouping (speed only): each epoch's shuffled examples are cut into chunks of
     # length_group_factor * batch_size, sorted by length inside a chunk (less padding).
@@ -45,7 +58,11 @@ class Settings:
     align_seed: int = 42
     align_pooling: str = "first"  # "first" subword (paper) or "mean" of subwords
     align_batch_size: int = 64  # sentences per forward pass
-    align_max_length: int = 96
+    # None: the tokenizer's limit, so that no sampled pair is lost to a length limit.
+    align_max_length: int | None = None
+    # "sentences" (the reference): shuffled sentences taken whole, with all their pairs, until
+    # align_pairs; "uniform": align_pairs pairs drawn uniformly from all pairs.
+    align_sampling: str = "sentences"
     # `none` trials measure alignment on these (None: the first pair source / corpus of their grid),
     # so that `none` under several pair sources or corpora is one trial.
     eval_pairs: str | None = None
@@ -60,8 +77,14 @@ class Settings:
     realign_projection_dim: int = 128
     joint_weight: float = 1.0  # Eq. 3: L = L_task + w * L_realign (code: 0.1)
     realign_steps: int | None = None  # `before`: None = as many as fine-tuning optimizer steps
+    # `before`: "linear" warm-up and decay like fine-tuning; "constant": plain Adam at
+    # learning_rate with no schedule (the reference code).
+    realign_schedule: str = "linear"
 
     # --- word aligners ----------------------------------------------------------------------
+    # dico: False looks tokens up as written, case-sensitive, identical entries dropped before
+    # matching (the reference); True lowercases and drops identical pairs after matching.
+    dico_lowercase: bool = False
     awesome_model: str = "bert-base-multilingual-cased"
     awesome_layer: int = 8
     awesome_threshold: float = 1e-3
