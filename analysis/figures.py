@@ -7,8 +7,8 @@ last (a) and penultimate (b) layer, Figure 3 NER at the last layer. Figures 4 an
 Arabic strong alignment per layer before and after fine-tuning (0 = embeddings); Figure 4 is
 distilmBERT (a) and XLM-R Large (b) on POS, Figure 5 XLM-R Large on NLI.
 
-When the results lack what a figure needs, a placeholder figure saying what is missing is
-written instead, so every link of the report resolves.
+When the results lack what a figure needs, it is not drawn: the report says why (and an older
+file of that name is removed, so no figure of an earlier run is read as this one's).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from analysis.results import (  # noqa: E402
     task_order,
 )
 from analysis.stats import seed_statistics, spearman  # noqa: E402
-from analysis.tables import BASELINE, REALIGNED_METHODS, Context, chosen_corpus  # noqa: E402
+from analysis.tables import BASELINE, Context, chosen_corpus, dictionary_methods  # noqa: E402
 
 FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf")
 DPI = 150
@@ -47,6 +47,7 @@ FIGURE4_MODELS: tuple[str, ...] = ("distilbert-base-multilingual-cased", "xlm-ro
 FIGURE5_MODELS: tuple[str, ...] = ("xlm-roberta-large",)
 STAGE_STYLES = {STAGE_BEFORE: ("before fine-tuning", "tab:blue"), STAGE_AFTER: ("after fine-tuning", "tab:orange")}
 METHOD_COLOURS = {BASELINE: "tab:gray", "before": "tab:blue", "joint": "tab:green"}
+OTHER_METHOD_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")  # methods not in the paper
 
 # Panel size must stay readable; more panels than this wrap to a new row.
 MAX_PANELS_PER_ROW = 4
@@ -54,17 +55,16 @@ MAX_PANELS_PER_ROW = 4
 
 @dataclass
 class FigureResult:
-    """A drawn figure and what it could not show."""
+    """A drawn figure and what it could not show; ``figure`` is None when nothing could be
+    drawn, and ``reason`` then says why."""
 
-    figure: plt.Figure
+    figure: plt.Figure | None
     notes: list[str]
+    reason: str | None = None
 
 
-def _placeholder(title: str, message: str) -> FigureResult:
-    figure, axis = plt.subplots(figsize=PANEL_SIZE)
-    axis.axis("off")
-    axis.text(0.5, 0.5, f"{title}\n\nmissing: {message}", ha="center", va="center", wrap=True)
-    return FigureResult(figure, [f"missing: {message}"])
+def _not_made(title: str, message: str) -> FigureResult:
+    return FigureResult(None, [], f"{title}: {message}")
 
 
 def _panels(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
@@ -94,19 +94,27 @@ def figure1(ctx: Context) -> FigureResult:
     title = "Figure 1"
     lang = _language(ctx)
     if lang is None:
-        return _placeholder(title, "no target-language scores")
+        return _not_made(title, "no target-language scores")
     pairs = ctx.settings.preferred_pairs
     corpus = chosen_corpus(ctx, pairs)
+    realigned = [m for m, _ in dictionary_methods(ctx, pairs)]
     stats = ctx.controlled[ctx.controlled["lang"] == lang]
     wanted = (stats["realign"] == BASELINE) | (
-        (stats["pairs"] == pairs) & (stats["corpus"] == (corpus or "")) & stats["realign"].isin(REALIGNED_METHODS)
+        (stats["pairs"] == pairs) & (stats["corpus"] == (corpus or "")) & stats["realign"].isin(realigned)
     )
-    stats = stats[wanted]
-    if stats.empty:
-        return _placeholder(title, f"no en->{lang} scores")
+    stats = stats[wanted & stats["mean"].notna()]
+    present = set(stats["realign"])
+    if BASELINE not in present:
+        have = " and ".join(results.ordered(present, (BASELINE, *realigned))) or "no"
+        # Like Table 4, the figure reads realignment against its baseline: it needs the baseline.
+        return _not_made(title, f"needs realign=none trials with en->{lang} scores, the baselines of the "
+                                f"{' or '.join(realigned)} trials ({pairs} pairs); have {have}"
+                                f"{' only' if len(present) == 1 else ''}")
     tasks = task_order(stats["task"].unique())
     figure, axes = _panels(len(tasks))
-    methods = [BASELINE, *REALIGNED_METHODS]
+    methods = [BASELINE, *realigned]
+    others = [m for m in methods if m not in METHOD_COLOURS]
+    colours = {**{m: OTHER_METHOD_COLOURS[i % len(OTHER_METHOD_COLOURS)] for i, m in enumerate(others)}, **METHOD_COLOURS}
     width = 0.8 / len(methods)
     for axis, task in zip(axes, tasks):
         task_stats = stats[stats["task"] == task]
@@ -116,7 +124,7 @@ def figure1(ctx: Context) -> FigureResult:
             rows = task_stats[task_stats["realign"] == method].set_index("model").reindex(models)
             label = "no realignment" if method == BASELINE else f"{method} ({pairs})"
             axis.bar(positions + (k - (len(methods) - 1) / 2) * width, rows["mean"].to_numpy(dtype=float), width,
-                     yerr=rows["std"].to_numpy(dtype=float), label=label, color=METHOD_COLOURS[method], capsize=2)
+                     yerr=rows["std"].to_numpy(dtype=float), label=label, color=colours[method], capsize=2)
         axis.set_xticks(positions, [display_model(m) for m in models], rotation=20, ha="right")
         axis.set_title(f"{display_task(task)}, en->{lang}")
         axis.set_ylabel("score (%)")
@@ -148,7 +156,7 @@ def _ctl_vs_alignment(ctx: Context, task: str, depths: list[tuple[int, str]], ti
         & (ctx.points["direction"] == "en-x")
     ]
     if points.empty:
-        return _placeholder(title, f"no {display_task(task)} alignment-after-fine-tuning x CTL points")
+        return _not_made(title, f"no {display_task(task)} alignment-after-fine-tuning x CTL points")
     languages = results.language_order(points["lang"].unique())
     models = model_order(points["model"].unique())
     figure, axes = _panels(len(depths))
@@ -177,14 +185,14 @@ def figure3(ctx: Context) -> FigureResult:
 def _alignment_by_layer(ctx: Context, task: str, preferred: tuple[str, ...], fallback: int, title: str) -> FigureResult:
     lang = _language(ctx)
     if lang is None:
-        return _placeholder(title, "no target languages")
+        return _not_made(title, "no target languages")
     align = results.alignment_long(ctx.experiment1)
     align = align[
         (align["task"] == task) & (align["kind"] == "strong") & (align["direction"] == "en-x") & (align["lang"] == lang)
         & align["stage"].isin(list(STAGE_STYLES))
     ]
     if align.empty:
-        return _placeholder(title, f"no {display_task(task)} en-{lang} alignment per layer")
+        return _not_made(title, f"no {display_task(task)} en-{lang} alignment per layer")
     present = model_order(align["model"].unique())
     models = [m for m in present if canonical_model(m) in preferred] or present[:fallback]
     notes = _language_note(ctx, lang)
@@ -243,15 +251,24 @@ FIGURES: dict[str, FigureSpec] = {
 }
 
 
-def write_figures(ctx: Context, out_dir: Path) -> dict[str, tuple[list[Path], list[str]]]:
+def write_figures(ctx: Context, out_dir: Path) -> dict[str, tuple[list[Path], list[str], str | None]]:
     """Draw every figure and write it as PNG and PDF into ``out_dir``; returns, per figure,
-    the files written and its notes."""
+    the files written, its notes, and why it could not be drawn (None when it was)."""
     written = {}
     for name, spec in FIGURES.items():
-        drawn = spec.draw(ctx)
+        try:
+            drawn = spec.draw(ctx)
+        except Exception as error:  # one figure's failure must not cost the report the others
+            plt.close("all")
+            message = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            drawn = _not_made(spec.caption.split(":", 1)[0], f"could not be drawn ({message})")
+        if drawn.figure is None:
+            files.remove_stale([Path(out_dir) / f"{name}.{fmt}" for fmt in FIGURE_FORMATS])
+            written[name] = ([], [], drawn.reason or f"{name}: nothing to draw")
+            continue
         try:
             paths = [files.save_figure(drawn.figure, Path(out_dir) / f"{name}.{fmt}") for fmt in FIGURE_FORMATS]
         finally:
             plt.close(drawn.figure)
-        written[name] = (paths, drawn.notes)
+        written[name] = (paths, drawn.notes, None)
     return written

@@ -18,11 +18,18 @@ Config axes (every row; the grid the sweep ran):
                  and for the alignment evaluation).
     ``corpus``   translation corpus name, e.g. ``opus100`` | ``multiun`` | ``ntrex``.
     ``seed``     integer fine-tuning seed.
+Names other than the paper's (a new model, task, realignment method, pair source or corpus)
+are kept as they are; the paper's order is used for display only.
 Optional: ``trial_id``, ``git_commit``, ``status`` (Ray's trial status, e.g. TERMINATED/ERROR),
-and ``settings/{name}`` columns (Ray: ``config/settings/{name}``) for trial settings whose value
-differs between trials. Trials with the same axes but different settings are different
-conditions: e.g. NLI baselines fine-tuned 5 epochs (experiment 1) and 2 epochs (the controlled
-experiment, paper App. B.3).
+and ``settings/{name}`` columns (Ray: ``config/settings/{name}`` or ``config/trial/settings/{name}``)
+for trial settings whose value differs between trials. Trials with the same axes but different
+settings are different conditions: e.g. NLI baselines fine-tuned 5 epochs (experiment 1) and 2
+epochs (the controlled experiment, paper App. B.3). Settings that only say where the run
+happened (``cache_dir``, ``num_threads``) are dropped.
+
+Failed and unfinished trials: a trial with status ERROR (or an ``error`` value) is failed; a
+trial without any ``score/...`` or ``ctl/...`` value (its final report never came) is
+unfinished. :func:`load_experiment` sets both aside; only finished trials are results.
 
 Metric columns (the names the trial reports, flattened with "/"):
     ``score/{lang}``  task metric on that language's test set, ``en`` included, in [0, 1]
@@ -49,10 +56,11 @@ prefixes.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +81,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("trial_id", "git_commit", "status")
 SETTINGS_PREFIX = "settings"
 METRIC_ROOTS: tuple[str, ...] = ("score", "ctl", "align", "num_layers")
 
-REALIGN_METHODS: tuple[str, ...] = ("none", "before", "joint")
+REALIGN_METHODS: tuple[str, ...] = ("none", "before", "joint")  # the paper's, in its order
 PAIR_SOURCES: tuple[str, ...] = ("fastalign", "awesome", "dico")  # the paper's table order
 PAPER_TASKS: tuple[str, ...] = ("udpos", "wikiann", "xnli")
 PAPER_MODELS: tuple[str, ...] = (
@@ -86,6 +94,17 @@ PAPER_TARGET_LANGUAGES: tuple[str, ...] = ("ar", "es", "fr", "ru", "zh")
 PAPER_CORPORA: tuple[str, ...] = ("opus100", "multiun")
 PAPER_SEEDS_PER_CELL = 5  # Section 4: five seeds per model x task (x method)
 SOURCE_LANGUAGE = "en"
+# Chance level of the English score per task, in [0, 1]: uniform guessing among the 17 UPOS
+# tags, entity F1 0 (no entity found), uniform guessing among the 3 NLI labels. A trial at or
+# below it did not learn the task: its CTL (Eq. 1, relative to the English score) is meaningless.
+CHANCE_SCORES: dict[str, float] = {"udpos": 1 / 17, "wikiann": 0.0, "xnli": 1 / 3}
+CHANCE_TOLERANCE = 1e-9
+# Settings that say where or how fast a trial ran, not what it computed: never a condition.
+RUN_ENVIRONMENT_SETTINGS: tuple[str, ...] = ("cache_dir", "num_threads")
+FAILED_STATUSES: frozenset[str] = frozenset({"ERROR"})
+FINISHED = "finished"
+FAILED = "failed"
+UNFINISHED = "unfinished"
 
 STAGE_BEFORE = "pretrained"
 STAGE_REALIGNED = "realigned"
@@ -113,7 +132,7 @@ RAY_BOOKKEEPING_COLUMNS: frozenset[str] = frozenset(
 ALIGN_PATTERN = re.compile(
     r"^align/(?P<stage>[^/]+)/(?P<kind>strong|weak)/(?P<direction>en-x|x-en)/(?P<lang>[^/]+)/(?P<layer>\d+)$"
 )
-SCORE_PATTERN = re.compile(r"^score/(?P<lang>[^/]+)$")
+SCORE_PATTERN = re.compile(r"^score/(?P<lang>[^/_]+)$")  # not score/en_dev (the CTL reference, when dev)
 CTL_PATTERN = re.compile(r"^ctl/(?P<lang>[^/]+)$")
 # A score of 1 is perfect; allow float noise above it.
 SCORE_TOLERANCE = 1e-9
@@ -155,7 +174,7 @@ def ordered(values: Any, preferred: tuple[str, ...], key: Any = None) -> list:
     the name compared with ``preferred``)."""
     key = key or (lambda v: v)
     rank = {name: i for i, name in enumerate(preferred)}
-    unique = list(dict.fromkeys(v for v in values if not _is_missing(v)))
+    unique = list(dict.fromkeys(v for v in values if not is_missing(v)))
     return sorted(unique, key=lambda v: (rank.get(key(v), len(rank)), str(v)))
 
 
@@ -174,7 +193,7 @@ def task_order(tasks: Any) -> list[str]:
     return ordered(tasks, PAPER_TASKS)
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
@@ -190,6 +209,18 @@ def _config_axis_name(column: str) -> str | None:
     if "/".join(parts[1:]) in wanted:
         return "/".join(parts[1:])
     return parts[-1] if parts[-1] in wanted else None
+
+
+def _config_setting_name(column: str) -> str | None:
+    """``config/settings/epochs`` or ``config/trial/settings/epochs`` (the sweep nests its
+    trial config under ``trial``) -> ``settings/epochs``; anything else -> None."""
+    parts = column.split("/")
+    if parts[0] != "config":
+        return None
+    for i in range(1, len(parts) - 1):
+        if parts[i] == SETTINGS_PREFIX:
+            return "/".join(parts[i:])
+    return None
 
 
 def _metric_name(column: str) -> str:
@@ -211,8 +242,8 @@ def normalise_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         name = str(column)
         if name in RAY_BOOKKEEPING_COLUMNS:
             continue
-        if name.startswith(f"config/{SETTINGS_PREFIX}/"):
-            target = name[len("config/"):]
+        if (setting := _config_setting_name(name)) is not None:
+            target = setting
         elif name.startswith("config/"):
             axis = _config_axis_name(name)
             if axis is None:
@@ -255,19 +286,20 @@ def _natural_metric_key(column: str) -> tuple:
 # ---------------------------------------------------------------------------------------------
 # Validation and derived columns
 # ---------------------------------------------------------------------------------------------
-def _check_choice(frame: pd.DataFrame, column: str, choices: tuple[str, ...], source: str) -> None:
-    for row, value in frame[column].items():
-        if _is_missing(value) or str(value) not in choices:
-            suggestion = difflib.get_close_matches(str(value), choices, n=1)
-            hint = f"; did you mean '{suggestion[0]}'?" if suggestion else ""
-            raise ResultsError(
-                f"{source}: row {row}: {column}={value!r} is not one of {', '.join(choices)}{hint}"
-            )
+def _paper_spelling(value: Any, names: tuple[str, ...]) -> Any:
+    """A paper name written in another case (``Before``) -> the paper's spelling; any other
+    name is kept as it is."""
+    if not isinstance(value, str):
+        return value
+    lowered = {n.lower(): n for n in names}
+    return lowered.get(value.lower(), value)
 
 
-def tidy(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+def tidy(frame: pd.DataFrame, source: str, drop_constant_settings: bool = True) -> pd.DataFrame:
     """Normalise column names, check the contract, derive ``ctl``/``num_layers`` where absent,
-    and order columns (axes, optional columns, metrics). ``source`` names the input in errors."""
+    and order columns (axes, optional columns, metrics). ``source`` names the input in errors.
+    ``drop_constant_settings=False`` keeps every ``settings/...`` column (to compare trials
+    of several results before deciding which settings vary)."""
     frame = normalise_columns(frame, source)
     missing_axes = [axis for axis in REQUIRED_AXES if axis not in frame.columns]
     if missing_axes:
@@ -280,10 +312,9 @@ def tidy(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         if axis not in frame.columns:
             frame[axis] = np.nan
     for axis in ("model", "task", "realign", "pairs", "corpus"):
-        frame[axis] = frame[axis].map(lambda v: np.nan if _is_missing(v) or str(v).strip() == "" else str(v).strip())
-    frame["realign"] = frame["realign"].map(lambda v: v.lower() if isinstance(v, str) else v)
-    _check_choice(frame, "realign", REALIGN_METHODS, source)
-    for axis in ("model", "task"):
+        frame[axis] = frame[axis].map(lambda v: np.nan if is_missing(v) or str(v).strip() == "" else str(v).strip())
+    frame["realign"] = frame["realign"].map(lambda v: _paper_spelling(v, REALIGN_METHODS))
+    for axis in ("model", "task", "realign"):
         empty = frame.index[frame[axis].isna()]
         if len(empty):
             raise ResultsError(f"{source}: row {empty[0]}: config column '{axis}' is empty")
@@ -293,7 +324,9 @@ def tidy(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         raise ResultsError(f"{source}: row {row}: seed={frame['seed'][row]!r} is not an integer")
     frame["seed"] = seeds.astype("int64")
 
-    frame = _keep_varying_settings(frame)
+    frame = _settings_as_scalars(frame)
+    if drop_constant_settings:
+        frame = drop_constant_settings_columns(frame)
     score_columns = [c for c in frame.columns if SCORE_PATTERN.match(c)]
     for column in score_columns + [c for c in frame.columns if ALIGN_PATTERN.match(c)]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -307,22 +340,35 @@ def tidy(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             )
     frame = _fill_ctl(frame)
     frame = _fill_num_layers(frame)
-    # copy(): one contiguous block instead of the many columns added one by one above.
+    return order_columns(frame)
+
+
+def order_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns in the contract's order: axes, optional columns, settings, metrics."""
+    # copy(): one contiguous block instead of columns added one by one.
     return frame[sorted(frame.columns, key=_natural_metric_key)].copy()
 
 
-def _keep_varying_settings(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep ``settings/...`` columns whose value differs between trials (as scalars: lists and
-    dicts become JSON text); drop the constant ones."""
+def _settings_as_scalars(frame: pd.DataFrame) -> pd.DataFrame:
+    """``settings/...`` values as scalars (lists and dicts become JSON text, so they compare
+    and group); the run-environment settings dropped."""
     for column in [c for c in frame.columns if c.startswith(f"{SETTINGS_PREFIX}/")]:
-        values = frame[column].map(
+        if column.split("/", 1)[1] in RUN_ENVIRONMENT_SETTINGS:
+            frame = frame.drop(columns=column)
+            continue
+        frame[column] = frame[column].map(
             lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else v
         )
-        if values.astype(str).nunique(dropna=False) <= 1:
-            frame = frame.drop(columns=column)
-        else:
-            frame[column] = values
     return frame
+
+
+def drop_constant_settings_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the ``settings/...`` columns whose value differs between trials; drop the others."""
+    constant = [
+        c for c in frame.columns
+        if c.startswith(f"{SETTINGS_PREFIX}/") and frame[c].astype(str).nunique(dropna=False) <= 1
+    ]
+    return frame.drop(columns=constant)
 
 
 def setting_columns(trials: pd.DataFrame) -> list[str]:
@@ -336,7 +382,7 @@ def condition_labels(trials: pd.DataFrame) -> pd.Series:
     if not columns:
         return pd.Series("", index=trials.index)
     parts = [
-        trials[c].map(lambda v, name=c.split("/", 1)[1]: "" if _is_missing(v) else f"{name}={v}")
+        trials[c].map(lambda v, name=c.split("/", 1)[1]: "" if is_missing(v) else f"{name}={v}")
         for c in columns
     ]
     return pd.concat(parts, axis=1).apply(lambda row: ", ".join(p for p in row if p), axis=1)
@@ -395,18 +441,46 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _error_last_line(trial: Any) -> str | None:
+    """The last line of a failed trial's error (``error.txt``: Ray's traceback, whose last line
+    is the exception), or None when Ray kept no error."""
+    text = None
+    try:
+        text = trial.get_error()
+        if not text and (error := trial.get_pickled_error()) is not None:
+            text = f"{type(error).__name__}: {error}"
+    except Exception:  # an unreadable error file must not stop the analysis of the others
+        return None
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1][:MAX_ERROR_CHARS] if lines else None
+
+
+MAX_ERROR_CHARS = 300  # an error line longer than this is cut in the report
+
+
+def _experiment_folders_inside(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and any(p.glob(RAY_STATE_GLOB)))
+
+
 def read_ray_experiment(path: Path) -> pd.DataFrame:
     """Read a Ray Tune experiment folder through Ray's own result API (no trainable needed).
 
-    Each trial's row holds its config (as ``config/...``), its status, and every metric it
-    reported, taking for each metric the last value it reported: a trial may report its
-    pretrained alignment, its training losses and its final scores in different reports.
+    Each trial's row holds its config (as ``config/...``), its status, the last line of its
+    error (``error``, failed trials), the time of its last report (``timestamp``) and every
+    metric it reported, taking for each metric the last value it reported: a trial may report
+    its pretrained alignment, its training losses and its final scores in different reports.
     """
     path = Path(path)
     if not any(path.glob(RAY_STATE_GLOB)):
+        inside = _experiment_folders_inside(path) if path.is_dir() else []
+        hint = f"; it holds experiment folders ({', '.join(inside)}): pass those" if inside else ""
         raise ResultsError(
             f"{path}: not a Ray Tune experiment folder (no {RAY_STATE_GLOB}); expected an experiment "
-            "folder or a .parquet/.csv tidy table"
+            f"folder or a .parquet/.csv tidy table{hint}"
         )
     # Ray is imported here only: the rest of the package must work without it.
     from ray.tune import ExperimentAnalysis
@@ -414,7 +488,9 @@ def read_ray_experiment(path: Path) -> pd.DataFrame:
     try:
         analysis = ExperimentAnalysis(str(path))
     except Exception as error:  # Ray raises various types for unreadable state
-        raise ResultsError(f"{path}: Ray could not read the experiment state ({type(error).__name__}: {error})") from error
+        raise ResultsError(
+            f"{path}: Ray could not read the experiment state ({type(error).__name__}: {_one_line(error)})"
+        ) from error
     histories = analysis.trial_dataframes
     rows = []
     for trial in analysis.trials:
@@ -429,6 +505,7 @@ def read_ray_experiment(path: Path) -> pd.DataFrame:
         row.update({f"config/{k}": v for k, v in _flatten(dict(trial.config or {})).items()})
         row["trial_id"] = trial.trial_id
         row["status"] = trial.status
+        row["error"] = _error_last_line(trial) if trial.status in FAILED_STATUSES else None
         rows.append(row)
     if not rows:
         raise ResultsError(f"{path}: the Ray Tune experiment has no trials")
@@ -443,11 +520,13 @@ def read_table_file(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except Exception as error:
-        raise ResultsError(f"{path}: could not be read as {path.suffix[1:]} ({type(error).__name__}: {error})") from error
+        raise ResultsError(
+            f"{path}: could not be read as {path.suffix[1:]} ({type(error).__name__}: {_one_line(error)})"
+        ) from error
 
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """The tidy trials table of RESULTS: a Ray Tune experiment folder or a .parquet/.csv table."""
+def read_raw(path: str | Path) -> pd.DataFrame:
+    """The untidied rows of RESULTS (a Ray Tune experiment folder or a .parquet/.csv table)."""
     path = Path(path)
     if not path.exists():
         raise ResultsError(
@@ -464,7 +543,119 @@ def load_results(path: str | Path) -> pd.DataFrame:
         )
     if raw.empty:
         raise ResultsError(f"{path}: contains no trials")
-    return tidy(raw, str(path))
+    return raw
+
+
+@dataclass
+class Results:
+    """One experiment read from one or more results: the finished trials (the tidy table every
+    table uses) and the trials set aside, with the axes, status and error of each."""
+
+    trials: pd.DataFrame
+    failed: pd.DataFrame  # axes, status, error, source
+    unfinished: pd.DataFrame  # axes, status, source
+    sources: list[str]
+    duplicates: int = 0  # rows of a trial also found, newer or finished, in another source
+
+
+def trial_outcomes(frame: pd.DataFrame) -> pd.Series:
+    """Per trial: ``failed`` (status ERROR or an error recorded), ``unfinished`` (no final
+    score or CTL reported yet: still pending or running, or stopped before its last report), or
+    ``finished``."""
+    status = frame["status"] if "status" in frame.columns else pd.Series(np.nan, index=frame.index)
+    failed = status.map(lambda v: isinstance(v, str) and v.strip().upper() in FAILED_STATUSES)
+    if "error" in frame.columns:
+        failed |= frame["error"].map(lambda v: not is_missing(v) and str(v).strip() != "")
+    final_columns = [c for c in frame.columns if SCORE_PATTERN.match(c) or CTL_PATTERN.match(c)]
+    has_final = frame[final_columns].notna().any(axis=1) if final_columns else pd.Series(False, index=frame.index)
+    return pd.Series(np.where(failed, FAILED, np.where(has_final, FINISHED, UNFINISHED)), index=frame.index)
+
+
+def did_not_learn(trials: pd.DataFrame) -> pd.Series:
+    """Per trial: True when its English score is at or below its task's chance level
+    (:data:`CHANCE_SCORES`); False when the task has no known chance level or no English score."""
+    english = f"score/{SOURCE_LANGUAGE}"
+    if english not in trials.columns or trials.empty:
+        return pd.Series(False, index=trials.index)
+    chance = trials["task"].map(CHANCE_SCORES)
+    score = pd.to_numeric(trials[english], errors="coerce")
+    return (score <= chance + CHANCE_TOLERANCE).fillna(False).astype(bool)
+
+
+def trial_identity(frame: pd.DataFrame) -> pd.Series:
+    """A trial's identity as text: its axes and every setting of its config (what decides what
+    it computes), so that the same trial found in two results compares equal."""
+    columns = [*CONFIG_AXES, *sorted(setting_columns(frame))]
+    parts = frame[columns].astype(object).where(frame[columns].notna(), "")
+    return parts.astype(str).agg("\x1f".join, axis=1)
+
+
+def _drop_duplicates_across_sources(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep one row per trial found in several sources: a finished one before a failed or
+    unfinished one, then the newest (time of its last report), then the source given last."""
+    identity = trial_identity(frame)
+    spread = frame.groupby(identity)["_source"].transform("nunique")
+    shared = frame[spread > 1]
+    if shared.empty:
+        return frame, 0
+    rank = shared.assign(
+        _identity=identity[shared.index],
+        _finished=(trial_outcomes(shared) == FINISHED).astype(int),
+        _time=shared["_time"].fillna(-np.inf),
+    ).sort_values(["_identity", "_finished", "_time", "_source"], kind="stable")
+    keep = rank.groupby("_identity").tail(1).index
+    dropped = shared.index.difference(keep)
+    return frame.drop(index=dropped), len(dropped)
+
+
+def _set_aside(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    present = [c for c in columns if c in frame.columns]
+    out = frame[present].copy()
+    for column in columns:
+        if column not in out.columns:
+            out[column] = np.nan
+    return out[columns].reset_index(drop=True)
+
+
+def load_experiment(paths: Sequence[str | Path]) -> Results:
+    """Read one or more RESULTS (Ray Tune experiment folders or .parquet/.csv tables) as one
+    experiment: their trials concatenated, a trial found in several counted once (the newest
+    kept, a finished one before a failed one), failed and unfinished trials set aside."""
+    if not paths:
+        raise ResultsError("no RESULTS given; expected Ray Tune experiment folders or .parquet/.csv tidy tables")
+    frames = []
+    for index, path in enumerate(paths):
+        raw = read_raw(path)
+        # Time of the trial's last report (Ray's result timestamp), else the file's own time.
+        stamps = pd.to_numeric(raw["timestamp"], errors="coerce") if "timestamp" in raw.columns else None
+        if stamps is None or stamps.isna().all():
+            stamps = pd.Series(Path(path).stat().st_mtime, index=raw.index)
+        frame = tidy(raw, str(path), drop_constant_settings=False)
+        frames.append(frame.assign(_source=index, _time=stamps.to_numpy(), _source_name=str(path)))
+    combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    duplicates = 0
+    if len(frames) > 1:
+        combined, duplicates = _drop_duplicates_across_sources(combined)
+    outcome = trial_outcomes(combined)
+    aside = [*CONFIG_AXES, "trial_id", "status"]
+    named = combined.drop(columns=["source"], errors="ignore").rename(columns={"_source_name": "source"})
+    failed = _set_aside(named[outcome == FAILED], [*aside, "error", "source"])
+    unfinished = _set_aside(named[outcome == UNFINISHED], [*aside, "source"])
+    finished = combined[outcome == FINISHED].drop(columns=["_source", "_time", "_source_name"])
+    finished = finished.drop(columns=[c for c in ("error",) if c in finished.columns])
+    # Columns only the set-aside trials had (their partial progress) are not results.
+    finished = finished.dropna(axis=1, how="all").reset_index(drop=True)
+    for axis in CONFIG_AXES:
+        if axis not in finished.columns:
+            finished[axis] = np.nan
+    finished = order_columns(drop_constant_settings_columns(finished))
+    return Results(finished, failed, unfinished, [str(p) for p in paths], duplicates)
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """The tidy table of the finished trials of RESULTS: a Ray Tune experiment folder or a
+    .parquet/.csv table (see :func:`load_experiment` for the trials set aside)."""
+    return load_experiment([path]).trials
 
 
 def write_trials(trials: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -58,6 +58,10 @@ class AnalysisSettings:
     # Table 6 is about XLM-R Base only; other runs fall back to every model present.
     table6_models: tuple[str, ...] = ("xlm-roberta-base",)
     figure_language: str = "ar"  # Figures 1, 4, 5: English -> Arabic
+    # A trial whose English score is at chance level did not learn the task and its CTL is
+    # meaningless; the paper is silent (its runs all learned). False: leave such trials out of
+    # the CTL correlations (Tables 2, 8, 9, 11, 12; Figures 2, 3), naming them in the report.
+    keep_unlearned: bool = False
 
 
 DEFAULT_SETTINGS = AnalysisSettings()
@@ -98,6 +102,7 @@ class Context:
     controlled: pd.DataFrame  # mean/std over seeds of scores, realigned and baselines
     targets: list[str]  # target languages present
     notes: list[str] = field(default_factory=list)  # selections made, shown in the report
+    unlearned: pd.DataFrame | None = None  # trials at or below chance in English (flagged)
 
 
 def _with_notes(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
@@ -247,7 +252,18 @@ def paper_mark(difference: float, baseline_std: float) -> str:
 def prepare(trials: pd.DataFrame, settings: AnalysisSettings = DEFAULT_SETTINGS) -> Context:
     """Select and reshape once what every table and figure needs."""
     experiment1, notes = experiment1_trials(trials, settings)
-    points = correlation_points(experiment1)
+    flags = results.did_not_learn(trials)
+    correlated = experiment1
+    if flags.any():
+        if settings.keep_unlearned:
+            notes.append(f"{int(flags.sum())} trial(s) did not learn (English score at or below chance): "
+                         "kept in the CTL correlations (--keep-unlearned)")
+        else:
+            correlated = experiment1[~flags.reindex(experiment1.index, fill_value=False)]
+            notes.append(f"{int(flags.sum())} trial(s) did not learn (English score at or below chance): "
+                         "left out of the CTL correlations (Tables 2, 8, 9, 11, 12; Figures 2, 3); "
+                         "--keep-unlearned keeps them")
+    points = correlation_points(correlated)
     controlled, controlled_notes = controlled_statistics(trials, experiment1, settings)
     return Context(
         trials=trials,
@@ -257,6 +273,7 @@ def prepare(trials: pd.DataFrame, settings: AnalysisSettings = DEFAULT_SETTINGS)
         controlled=controlled,
         targets=results.target_languages(trials),
         notes=notes + controlled_notes,
+        unlearned=trials[flags],
     )
 
 
@@ -541,10 +558,18 @@ def table4(trials: pd.DataFrame | Context, settings: AnalysisSettings = DEFAULT_
     ctx = _context(trials, settings)
     pairs = ctx.settings.preferred_pairs
     corpus = chosen_corpus(ctx, pairs)
-    methods = [(m, pairs) for m in REALIGNED_METHODS]
+    methods = dictionary_methods(ctx, pairs)
     tasks = _tasks(ctx, ctx.controlled)
     models = model_order(ctx.controlled["model"].unique())
     return _controlled_table(ctx, tasks, corpus, methods, [AVERAGE_LANGUAGE], models, extra_notes=_corpus_note(corpus))
+
+
+def dictionary_methods(ctx: Context, pairs: str) -> list[tuple[str, str]]:
+    """The realignment methods of Tables 4, 5 and Figure 1 with ``pairs``: the paper's (before,
+    joint), then any other method run with those pairs, as it is named."""
+    realigned = ctx.controlled[(ctx.controlled["realign"] != BASELINE) & (ctx.controlled["pairs"] == pairs)]
+    others = sorted(set(realigned["realign"]) - set(REALIGNED_METHODS))
+    return [(m, pairs) for m in [*REALIGNED_METHODS, *others]]
 
 
 def _corpus_note(corpus: str | None) -> list[str]:
@@ -557,7 +582,7 @@ def table5(trials: pd.DataFrame | Context, settings: AnalysisSettings = DEFAULT_
     ctx = _context(trials, settings)
     pairs = ctx.settings.preferred_pairs
     corpus = chosen_corpus(ctx, pairs)
-    methods = [(m, pairs) for m in REALIGNED_METHODS]
+    methods = dictionary_methods(ctx, pairs)
     return _controlled_table(ctx, ["udpos"], corpus, methods, ctx.targets, extra_notes=_corpus_note(corpus))
 
 
@@ -631,12 +656,21 @@ def _grid(frame: pd.DataFrame, rows: list[str], columns: list[str], cell: Callab
     column_label = column_label or (lambda k: k)
     shown_rows = [row_label(k) for k in row_keys]
     shown_columns = [column_label(k) for k in column_keys]
-    cells.index = pd.MultiIndex.from_tuples(shown_rows) if shown_rows and len(shown_rows[0]) > 1 else pd.Index([r[0] for r in shown_rows])
-    cells.columns = pd.MultiIndex.from_tuples(shown_columns) if shown_columns and len(shown_columns[0]) > 1 else pd.Index([c[0] for c in shown_columns])
-    if row_names is not None:
+    cells.index = _labels_index(shown_rows, len(row_names) if row_names is not None else len(rows))
+    cells.columns = _labels_index(shown_columns, len(columns))
+    if row_names is not None and cells.index.nlevels == len(row_names):
         cells.index = cells.index.set_names(row_names)
     marks.index, marks.columns = cells.index, cells.columns
     return Grid(cells=cells, marks=marks, notes=notes)
+
+
+def _labels_index(labels: list[tuple], levels_if_empty: int) -> pd.Index:
+    """Row or column labels as an Index (one level) or MultiIndex; a grid without rows or
+    columns still gets the level count its names expect."""
+    levels = len(labels[0]) if labels else levels_if_empty
+    if levels > 1:
+        return pd.MultiIndex.from_tuples(labels) if labels else pd.MultiIndex.from_tuples([], names=[None] * levels)
+    return pd.Index([label[0] for label in labels], dtype=object)
 
 
 def _ns_mark(alpha: float) -> Callable[[pd.Series], str]:
@@ -696,12 +730,29 @@ def render(name: str, frame: pd.DataFrame, settings: AnalysisSettings = DEFAULT_
 # ---------------------------------------------------------------------------------------------
 # Registry and writing
 # ---------------------------------------------------------------------------------------------
+CORRELATION, CHANGE, CONTROLLED = "correlation", "change", "controlled"
+NEEDS: dict[str, str] = {
+    CORRELATION: "realign=none trials with target-language scores and alignment before and after fine-tuning "
+                 "(at least 3 points per correlation, not all equal)",
+    CHANGE: "realign=none trials with strong en-X alignment at the last layer before and after fine-tuning",
+}
 @dataclass(frozen=True)
 class TableSpec:
-    """A table of the paper: its caption and how to compute it from a Context."""
+    """A table of the paper: its caption, how to compute it from a Context, and what it needs
+    (``kind``: ``correlation``, ``change`` or ``controlled``; the tasks it is about, None for
+    all; for controlled tables, its corpus and whether it is about dictionary pairs only)."""
 
     caption: str
     build: Callable[[Context], pd.DataFrame]
+    kind: str = CORRELATION
+    tasks: tuple[str, ...] | None = None
+    corpus: str | None = None
+    dictionary_only: bool = False
+
+    @property
+    def title(self) -> str:
+        """``Table 4`` (the caption up to its colon)."""
+        return self.caption.split(":", 1)[0]
 
 
 def _controlled_spec(task: str, corpus: str, number: str) -> TableSpec:
@@ -709,6 +760,7 @@ def _controlled_spec(task: str, corpus: str, number: str) -> TableSpec:
         f"Table {number}: controlled experiment with realignment for {display_task(task)} with the {corpus} "
         "translation dataset (score in %, mean ± std over seeds).",
         lambda ctx: controlled_table(ctx, task, corpus),
+        CONTROLLED, (task,), corpus,
     )
 
 
@@ -721,16 +773,18 @@ TABLES: dict[str, TableSpec] = {
     "table3": TableSpec(
         "Table 3: relative variation of strong alignment at the last layer from before to after fine-tuning "
         "(mean over seeds).",
-        table3,
+        table3, CHANGE,
     ),
     "table4": TableSpec(
         "Table 4: controlled experiment, score in % averaged over target languages, realignment with a "
         "bilingual dictionary.",
-        table4,
+        table4, CONTROLLED, dictionary_only=True,
     ),
-    "table5": TableSpec("Table 5: breakdown of POS realignment results by target language (score in %).", table5),
+    "table5": TableSpec("Table 5: breakdown of POS realignment results by target language (score in %).", table5,
+                        CONTROLLED, ("udpos",), dictionary_only=True),
     "table6": TableSpec(
-        "Table 6: average score in % over target languages by type of realignment.", table6
+        "Table 6: average score in % over target languages by type of realignment.", table6,
+        CONTROLLED, ("udpos", "wikiann"),
     ),
     "table8": TableSpec(
         "Table 8: 95% confidence interval of Spearman's rank correlation between weak alignment and CTL (BCa "
@@ -745,7 +799,7 @@ TABLES: dict[str, TableSpec] = {
     "table10": TableSpec(
         "Table 10: relative variation of strong alignment at the last layer from before to after fine-tuning "
         "(mean ± std over seeds).",
-        table10,
+        table10, CHANGE,
     ),
     "table11": TableSpec(
         "Table 11: correlation between strong English-target alignment and CTL per model and layer, with 95% "
@@ -775,15 +829,105 @@ def extra_controlled_specs(ctx: Context) -> dict[str, TableSpec]:
             f"Controlled experiment with realignment for {display_task(task)} with the {corpus} translation "
             "dataset (not in the paper; score in %, mean ± std over seeds).",
             lambda c, task=task, corpus=corpus: controlled_table(c, task, corpus),
+            CONTROLLED, (task,), corpus,
         )
     return specs
+
+
+def table_specs(ctx: Context) -> dict[str, TableSpec]:
+    """Every table: the paper's and the extra controlled ones of this run."""
+    return {**TABLES, **extra_controlled_specs(ctx)}
 
 
 def build_tables(trials: pd.DataFrame | Context, settings: AnalysisSettings = DEFAULT_SETTINGS) -> dict[str, pd.DataFrame]:
     """Every table (the paper's and extra controlled ones), keyed by name."""
     ctx = _context(trials, settings)
-    specs = {**TABLES, **extra_controlled_specs(ctx)}
-    return {name: spec.build(ctx) for name, spec in specs.items()}
+    return {name: spec.build(ctx) for name, spec in table_specs(ctx).items()}
+
+
+def table_is_made(spec: TableSpec, frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` has anything to show: a cell with a value; for a controlled-experiment
+    table, a baseline cell with a value (every realigned cell is read against its baseline;
+    baselines alone still show the scores, and the table's notes say realigned runs are absent)."""
+    if frame.empty or "status" not in frame.columns:
+        return False
+    has_value = frame["status"] != MISSING
+    if spec.kind == CONTROLLED:
+        has_value &= frame["realign"] == BASELINE
+    return bool(has_value.any())
+
+
+def _joined(values: list[str]) -> str:
+    values = [str(v) for v in values]
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} and {values[-1]}"
+
+
+def table_needs(spec: TableSpec, ctx: Context) -> str:
+    """What table ``spec`` is computed from, in words."""
+    if spec.kind != CONTROLLED:
+        return NEEDS[spec.kind]
+    pairs = ctx.settings.preferred_pairs
+    methods = " or ".join(m for m, _ in dictionary_methods(ctx, pairs)) if spec.dictionary_only else "realigned"
+    tasks = f"{' or '.join(display_task(t) for t in spec.tasks)} " if spec.tasks else ""
+    return (f"{tasks}realign=none trials, the baselines of the {methods} trials"
+            + (f" ({pairs} pairs)" if spec.dictionary_only else "") + (f" on {spec.corpus}" if spec.corpus else ""))
+
+
+def _have(spec: TableSpec, frame: pd.DataFrame, ctx: Context) -> str:
+    """What the run has of what table ``spec`` needs, in words."""
+    trials = ctx.trials
+    if spec.tasks is not None:
+        trials = trials[trials["task"].isin(spec.tasks)]
+    if trials.empty:
+        return "have no finished trials" if ctx.trials.empty else \
+            f"have no {' or '.join(display_task(t) for t in spec.tasks or ())} trials"
+    methods = results.ordered(trials["realign"].unique(), results.REALIGN_METHODS)
+    text = f"have {_joined(methods)}" + (" only" if len(methods) == 1 else "")
+    if spec.kind == CONTROLLED:
+        realigned = trials[trials["realign"] != BASELINE]
+        pairs = ctx.settings.preferred_pairs
+        if spec.dictionary_only and len(realigned):
+            realigned = realigned[realigned["pairs"] == pairs]
+            if realigned.empty:
+                return text + f", none realigned with {pairs} pairs"
+        corpora = sorted(str(c) for c in realigned["corpus"].dropna().unique())
+        if spec.corpus and corpora and normalised_name(spec.corpus) not in {normalised_name(c) for c in corpora}:
+            text += f", realigned on {_joined(corpora)} only"
+        return text
+    baseline = trials[trials["realign"] == BASELINE]
+    if baseline.empty:
+        return text
+    align = results.alignment_long(baseline)
+    lacks = []
+    stages = set(align["stage"])
+    if align.empty:
+        lacks.append("alignment metrics")
+    elif not {STAGE_BEFORE, STAGE_AFTER} <= stages:
+        lacks.append(f"alignment {'after' if STAGE_AFTER not in stages else 'before'} fine-tuning")
+    if spec.kind == CORRELATION and results.ctl_long(baseline).empty:
+        lacks.append("target-language scores")
+    if lacks:
+        return f"{text}, without {' or '.join(lacks)}"
+    if spec.kind == CORRELATION:
+        flagged = results.did_not_learn(baseline)
+        if flagged.all() and not ctx.settings.keep_unlearned:
+            return f"{text}, all {len(baseline)} of them did not learn (--keep-unlearned keeps them)"
+        most = int(frame["n"].max()) if len(frame) else 0
+        return f"{text}, with at most {most} point(s) per correlation or constant values"
+    return f"{text}, without strong en-X alignment at the last layer"
+
+
+def unmade_reason(spec: TableSpec, frame: pd.DataFrame, ctx: Context) -> str | None:
+    """Why table ``spec`` cannot be made from this run (``Table 4: needs ...; have ...``), or
+    None when it can."""
+    if table_is_made(spec, frame):
+        return None
+    return f"{spec.title}: needs {table_needs(spec, ctx)}; {_have(spec, frame, ctx)}"
+
+
+def table_file_names(name: str) -> list[str]:
+    """The files :func:`write_table` and the comparison with the paper write for table ``name``."""
+    return [f"{name}.md", f"{name}.tex", f"{name}.csv", f"{name}_vs_paper.md", f"{name}_vs_paper.csv"]
 
 
 def caption(name: str, ctx: Context | None = None) -> str:

@@ -85,7 +85,7 @@ def raw_experiment(data_dir: Path, model_dir: Path, sizes: Sizes, epochs: int) -
 # The engine's trainable, timed (runs in Ray workers)
 
 
-def timed_run_trial_in_tune(config: dict[str, Any]) -> None:
+def timed_run_trial_in_tune(config: dict[str, Any], run_dir: str, driver_run: str) -> None:
     """`sweep.trainable.run_trial_in_tune`, with its imports, reports and run_trial timed."""
     entered = time.time()
     started = time.perf_counter()
@@ -115,7 +115,9 @@ def timed_run_trial_in_tune(config: dict[str, Any]) -> None:
 
     engine.report_to_tune, trial.run_trial = timed_report, timed_run_trial
     try:
-        engine.run_trial_in_tune(config)
+        from ray import tune
+
+        engine.run_trial_in_tune(config, Path(run_dir) / tune.get_context().get_trial_name(), driver_run)
     finally:
         engine.report_to_tune, trial.run_trial = report, run_trial
         timings["exited"] = time.time()
@@ -148,8 +150,12 @@ def engine_main(spec_path: Path, out_path: Path) -> int:
             marks["ray_started"] = time.time()
 
     runner.start_ray = timed_start_ray
-    runner.make_trainable = lambda gpus_available: tune.with_resources(
-        timed_run_trial_in_tune, trial_resources(gpus_available))
+    def timed_trainable(gpus_available: bool, run_dir: Path, driver_run: str) -> Any:
+        run_dir_text = str(run_dir)
+        return tune.with_resources(lambda config: timed_run_trial_in_tune(config, run_dir_text, driver_run),
+                                   trial_resources(gpus_available))
+
+    runner.make_trainable = timed_trainable
     experiment = build_experiment(spec["experiment"], where="benchmark")
     results = runner.run_sweep(experiment, Path(spec["storage"]), "bench", live=False, num_cpus=ENGINE_CPUS)
     marks["fit_done"] = time.time()
@@ -331,7 +337,7 @@ def run(context: Context) -> Section:
                          "loop_threads": sizes.loop_threads, "loop_budget_s": sizes.loop_budget_s},
                "trials": n, "engine": engine, "loop": loop,
                "tiny": {"engine": tiny[0], "loop": tiny[1]} if tiny else None}
-    notes = [f"sweep engine fixed overhead: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"
+    notes = ["sweep engine fixed overhead: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"
                                                           for k, v in breakdown["fixed"].items()),
              "sweep engine per-trial overhead: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f} s"
                                                             for k, v in per_trial.items())

@@ -25,6 +25,7 @@ EXPERIMENT = dict(
         awesome_model=TOY + "/model",
         awesome_layer=1,
         num_threads=1,  # a 2-layer model: one thread per trial beats contention between two
+        ner_zh_words=False,  # the toy "zh" is written in words, not one character a token
     ),
     grids=[
         dict(model=["toy-bert"], task=["udpos", "wikiann", "xnli"], realign=["none", "before", "joint"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,7 +12,17 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from sweep.experiment import AXES, Experiment, ExperimentError, build_experiment, load_experiment_file
+from sweep.experiment import (
+    AXES,
+    Experiment,
+    ExperimentError,
+    build_experiment,
+    check_run_name,
+    device_problems,
+    load_experiment_file,
+    realign_layer_problems,
+    trial_settings,
+)
 from sweep.preflight import preflight_problems
 
 DEFAULT_STORAGE = "./results"
@@ -29,6 +40,30 @@ def parse_assignments(pairs: Sequence[str], option: str) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             parsed[key] = value
     return parsed
+
+
+def parse_only(pairs: Sequence[str]) -> dict[str, set[str]]:
+    """`--only KEY=VALUE`, repeatable: the values of one key are a union (`seed=0 --only seed=1`
+    keeps both seeds), different keys intersect."""
+    only: dict[str, set[str]] = {}
+    for pair in pairs:
+        for key, value in parse_assignments([pair], "--only").items():
+            only.setdefault(key, set()).add(str(value))
+    return only
+
+
+def check_storage(storage: str) -> Path:
+    """The results folder, made if absent; it must be a folder this process can write in."""
+    path = Path(storage).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ExperimentError(f"--storage {storage}: {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExperimentError(f"--storage {storage}: cannot make {path} ({error.strerror or error})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ExperimentError(f"--storage {storage}: {path} is not writable")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +90,15 @@ def run_prepare_hook(prepare: Any, where: str) -> None:
     if not isinstance(prepare, dict) or ":" not in str(prepare.get("call", "")):
         raise ExperimentError(f"{where}: prepare must be dict(call='module:function', **arguments)")
     module, _, function = prepare["call"].partition(":")
-    getattr(importlib.import_module(module), function)(**{k: v for k, v in prepare.items() if k != "call"})
+    try:
+        target = getattr(importlib.import_module(module), function)
+    except ImportError as error:
+        raise ExperimentError(f"{where}: prepare call={prepare['call']!r}: cannot import {module!r} ({error})") from None
+    except AttributeError:
+        raise ExperimentError(f"{where}: prepare call={prepare['call']!r}: {module!r} has no {function!r}") from None
+    if not callable(target):
+        raise ExperimentError(f"{where}: prepare call={prepare['call']!r} is not a function")
+    target(**{k: v for k, v in prepare.items() if k != "call"})
 
 
 def print_trials(experiment: Experiment, console: Console) -> None:
@@ -75,24 +118,39 @@ def print_trials(experiment: Experiment, console: Console) -> None:
     print(f"{len(experiment.trials)} trials")
 
 
+def local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     try:
+        if args.num_cpus is not None and args.num_cpus < 1:
+            raise ExperimentError(f"--num-cpus {args.num_cpus}: expected a whole number >= 1")
         raw = load_experiment_file(args.experiment)
         overrides = parse_assignments(args.overrides, "--set")
-        only = {k: str(v) for k, v in parse_assignments(args.only, "--only").items()}
+        only = parse_only(args.only)
         experiment = build_experiment(raw, where=args.experiment, overrides=overrides)
         experiment = Experiment(experiment.name, experiment.description, experiment.models, experiment.trials,
                                 experiment.n_grid_points, args.experiment).filtered(only)
         if not experiment.trials:
-            raise ExperimentError(f"{args.experiment}: no trial left after --only {args.only}")
+            raise ExperimentError(f"{args.experiment}: no trial left after --only {' --only '.join(args.only)}")
+        settings = trial_settings(experiment)  # every trial's settings, as its trainable builds them
         if args.dry_run:
             print_trials(experiment, console)
             return 0
+        name = check_run_name(args.name if args.name is not None else experiment.name)
+        storage = check_storage(args.storage)
         if raw.get("prepare"):
             run_prepare_hook(raw["prepare"], args.experiment)
         problems = preflight_problems(experiment)
+        if not problems:  # the model folders are readable: check what depends on their config
+            problems = realign_layer_problems(experiment, settings)
+        if not problems and args.address is None and any(s.device.startswith("cuda") for s in settings.values()):
+            problems = device_problems(experiment, settings, local_gpu_count(), "this machine")
         if problems:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)
@@ -101,9 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from sweep.runner import run_sweep  # Ray is imported only once there is something to run
+    from sweep.trainable import TUNE_ERROR_FILE, failure_reason
 
-    name = args.name or experiment.name
-    storage = Path(args.storage).expanduser().resolve()
     try:
         results = run_sweep(experiment, storage, name, address=args.address, fresh=args.fresh,
                             live=not args.no_live, num_cpus=args.num_cpus)
@@ -113,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = [r for r in results if r.error]
     print(f"{len(results) - len(errors)} trials finished, {len(errors)} failed; results in {storage / name}")
     for result in errors:
-        print(f"  failed: {result.path}: {str(result.error).splitlines()[0] if str(result.error) else 'error'}")
+        folder = Path(result.path)
+        print(f"  failed: {folder.name}: {failure_reason(folder, result.error)} (log: {folder / TUNE_ERROR_FILE})")
     if not args.no_report:
         from analysis.__main__ import main as analysis_main
 

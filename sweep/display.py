@@ -1,16 +1,27 @@
-"""A live terminal view of the sweep (rich): trials done, running, failed, pending, and time.
+"""A live terminal view of the sweep (rich): trials done, running, failed, pending, and time,
+with each failed trial's one-line reason and the path of its full log.
 
-It is a Tune callback, so it sees the same events the Ray dashboard does, without polling.
+Tune sees it through `ViewRelay`, a stateless Tune callback that forwards Tune's events to the
+view this driver process has open. Tune saves its callbacks with the experiment (`tuner.pkl`)
+and a restored experiment gets them back, not the callbacks of the driver restoring it; the
+relay it gets back forwards to the new driver's view, so no callback needs replacing.
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
+
+from sweep.trainable import TUNE_ERROR_FILE, failure_reason
+
+FAILURES_SHOWN = 10  # the newest failures listed under the table; the summary lists them all
+_OPEN_VIEWS: list["SweepProgress"] = []  # the views of this process (normally one)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -22,25 +33,49 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-class SweepProgress(Callback):
-    """Counts trial states (from Tune's own trial list, so resumed sweeps count their finished
-    trials) and estimates the time left from the mean duration of trials finished here."""
+class ViewRelay(Callback):
+    """Tune's callback: forwards trial events to the views open in this process."""
 
-    def __init__(self, total: int, console: Console | None = None) -> None:
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        for view in _OPEN_VIEWS:
+            view.count(trials)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        for view in _OPEN_VIEWS:
+            view.trial_started(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        for view in _OPEN_VIEWS:
+            view.trial_completed(trial.trial_id)
+            view.count(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        for view in _OPEN_VIEWS:
+            view.trial_failed(str(trial), Path(trial.path))
+            view.count(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for view in _OPEN_VIEWS:
+            view.count(trials)
+
+
+class SweepProgress:
+    """Counts trial states (from Tune's own trial list, so resumed sweeps count their finished
+    trials) and estimates the time left from the mean duration of trials finished here.
+    `done` is what is known finished before Tune reports anything (a restored run)."""
+
+    def __init__(self, total: int, console: Console | None = None, done: int = 0) -> None:
         self.total = total
-        self.counts = {"done": 0, "running": 0, "failed": 0}
+        self.counts = {"done": done, "running": 0, "failed": 0}
         self.started_at: dict[str, float] = {}  # trial id -> start time, trials started here
         self.durations: list[float] = []
+        self.failures: list[str] = []  # one line per failed trial: name, reason, log
         self.started = time.monotonic()
         self.console = console or Console(stderr=True)
         self.live: Live | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune saves its callbacks with the experiment state; the live view stays with this driver.
-        return {**self.__dict__, "console": None, "live": None}
-
-    # --- Tune callback hooks -------------------------------------------------------------------
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+    # --- events (from ViewRelay) ------------------------------------------------------------------
+    def count(self, trials: list) -> None:
         statuses = [trial.status for trial in trials]
         self.counts = {
             "done": statuses.count("TERMINATED"),
@@ -49,13 +84,17 @@ class SweepProgress(Callback):
         }
         self.refresh()
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.started_at[trial.trial_id] = time.monotonic()
+    def trial_started(self, trial_id: str) -> None:
+        self.started_at[trial_id] = time.monotonic()
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        start = self.started_at.pop(trial.trial_id, None)
+    def trial_completed(self, trial_id: str) -> None:
+        start = self.started_at.pop(trial_id, None)
         if start is not None:
             self.durations.append(time.monotonic() - start)
+
+    def trial_failed(self, name: str, trial_dir: Path) -> None:
+        self.failures.append(f"{name}: {failure_reason(trial_dir)} (log: {trial_dir / TUNE_ERROR_FILE})")
+        self.refresh()
 
     # --- rendering -----------------------------------------------------------------------------
     @property
@@ -69,7 +108,7 @@ class SweepProgress(Callback):
         running = self.counts["running"]
         return mean * (self.pending + running / 2) / max(running, 1)
 
-    def render(self) -> Table:
+    def render(self) -> Group:
         table = Table(title="sweep", show_header=True, header_style="bold")
         for column in ("done", "running", "failed", "pending", "elapsed", "remaining"):
             table.add_column(column, justify="right")
@@ -81,18 +120,22 @@ class SweepProgress(Callback):
             format_duration(time.monotonic() - self.started),
             format_duration(self.remaining_seconds()),
         )
-        return table
+        lines = [Text(f"failed: {line}", style="red") for line in self.failures[-FAILURES_SHOWN:]]
+        return Group(table, *lines)
 
     def refresh(self) -> None:
         if self.live is not None:
             self.live.update(self.render())
 
     def __enter__(self) -> "SweepProgress":
-        self.live = Live(self.render(), console=self.console or Console(stderr=True), refresh_per_second=2)
+        self.live = Live(self.render(), console=self.console, refresh_per_second=2)
         self.live.start()
+        _OPEN_VIEWS.append(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self in _OPEN_VIEWS:
+            _OPEN_VIEWS.remove(self)
         self.refresh()
         if self.live is not None:
             self.live.stop()

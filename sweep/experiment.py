@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -87,12 +87,14 @@ class Experiment:
     n_grid_points: int  # before deduplication
     source: str = ""
 
-    def filtered(self, only: Mapping[str, str]) -> "Experiment":
-        """Trials whose axes match every KEY=VALUE of `only` (values compared as strings)."""
+    def filtered(self, only: Mapping[str, str | Iterable[str]]) -> "Experiment":
+        """Trials whose axes match `only`: an axis given several values keeps any of them (union),
+        different axes must all match (intersection). Values are compared as strings."""
         for key in only:
             if key not in AXES:
                 raise ExperimentError(f"--only {key}=...: {unknown_name('axis', key, AXES)}")
-        kept = tuple(t for t in self.trials if all(str(getattr(t, k)) == v for k, v in only.items()))
+        wanted = {k: {v} if isinstance(v, str) else {str(x) for x in v} for k, v in only.items()}
+        kept = tuple(t for t in self.trials if all(str(getattr(t, k)) in v for k, v in wanted.items()))
         return Experiment(self.name, self.description, self.models, kept, self.n_grid_points, self.source)
 
 
@@ -118,8 +120,23 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _model_specs(models: Mapping[str, Any], where: str) -> dict[str, ModelSpec]:
+def _resource(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    """A trial's CPU or GPU share: a number >= 0 (CPU > 0); a GPU share above 1 must be whole
+    (Ray gives fractions of one GPU only)."""
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ExperimentError(f"{where}['{key}'] = {value!r}: expected a number")
+    if value < 0 or (key == "cpu" and value == 0):
+        raise ExperimentError(f"{where}['{key}'] = {value!r}: expected a number {'>' if key == 'cpu' else '>='} 0")
+    if key == "gpu" and value > 1 and not float(value).is_integer():
+        raise ExperimentError(f"{where}['gpu'] = {value!r}: a share above 1 GPU must be a whole number")
+    return float(value)
+
+
+def _model_specs(models: Any, where: str) -> dict[str, ModelSpec]:
     specs = dict(PAPER_MODELS)
+    if not isinstance(models, Mapping):
+        raise ExperimentError(f"{where}: models must be a dict of name -> dict(source=..., gpu=..., cpu=...)")
     for name, entry in models.items():
         if isinstance(entry, str):
             entry = {"source": entry}
@@ -138,8 +155,8 @@ def _model_specs(models: Mapping[str, Any], where: str) -> dict[str, ModelSpec]:
         specs[name] = ModelSpec(
             name=name,
             source=source,
-            gpu=float(entry.get("gpu", base.gpu if base else DEFAULT_LOCAL_GPU_SHARE)),
-            cpu=float(entry.get("cpu", base.cpu if base else 1.0)),
+            gpu=_resource(entry, "gpu", base.gpu if base else DEFAULT_LOCAL_GPU_SHARE, f"{where}: models[{name!r}]"),
+            cpu=_resource(entry, "cpu", base.cpu if base else 1.0, f"{where}: models[{name!r}]"),
         )
     return specs
 
@@ -155,7 +172,7 @@ def build_experiment(
     if "grids" not in raw or not _as_list(raw["grids"]):
         raise ExperimentError(f"{where}: needs a non-empty 'grids' list")
     models = _model_specs(raw.get("models", {}), where)
-    base_settings = dict(raw.get("settings", {}))
+    base_settings = _settings_dict(raw.get("settings", {}), f"{where}: settings")
     overrides = dict(overrides or {})
     for key in list(base_settings) + list(overrides):
         if key not in SETTING_NAMES:
@@ -171,7 +188,7 @@ def build_experiment(
         for axis in AXES:
             if axis not in grid:
                 raise ExperimentError(f"{grid_where}: missing axis {axis!r} (axes: {', '.join(AXES)})")
-        settings = {**base_settings, **dict(grid.get("settings", {})), **overrides}
+        settings = {**base_settings, **_settings_dict(grid.get("settings", {}), f"{grid_where}: settings"), **overrides}
         for key in settings:
             if key not in SETTING_NAMES:
                 raise ExperimentError(f"{grid_where}: settings: {unknown_name('key', key, SETTING_NAMES)}")
@@ -199,6 +216,12 @@ def build_experiment(
             seen.setdefault(trial, None)
     name = str(raw.get("name", "experiment"))
     return Experiment(name, str(raw.get("description", "")), models, tuple(seen), n_points, where)
+
+
+def _settings_dict(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ExperimentError(f"{where} = {value!r}: expected a dict of setting -> value")
+    return dict(value)
 
 
 PATH_SETTINGS = ("data_dir", "cache_dir", "awesome_model")  # made absolute: trials run in their own folders
@@ -238,3 +261,85 @@ def load_experiment(
     experiment = Experiment(experiment.name, experiment.description, experiment.models, experiment.trials,
                             experiment.n_grid_points, str(path))
     return experiment.filtered(only) if only else experiment
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder inside the storage folder: `--fresh` deletes it, so `.`, `..`, a
+    path or an empty name (the storage folder itself or a folder above it) are refused."""
+    separators = {os.sep, os.altsep, "/"} - {None}
+    if not name or name.strip() in (".", "..") or any(sep in name for sep in separators):
+        raise ExperimentError(f"run name {name!r}: expected one folder name (not empty, '.', '..' or a path)")
+    return name
+
+
+def trial_settings(experiment: Experiment) -> dict[Trial, Settings]:
+    """Every trial's settings exactly as its trainable will build them (preset applied for its
+    model), so that an invalid value fails here, before Ray starts, naming the trial."""
+    built: dict[tuple, Settings] = {}
+    result: dict[Trial, Settings] = {}
+    for trial in experiment.trials:
+        key = (trial.settings, trial.model)
+        if key not in built:
+            try:
+                built[key] = make_settings(dict(trial.settings), model=trial.model)
+            except (TypeError, ValueError) as error:
+                raise ExperimentError(f"trial {trial.name}: settings: {error}") from error
+        result[trial] = built[key]
+    return result
+
+
+def model_num_layers(source: str) -> int | None:
+    """`num_hidden_layers` from a model's config.json (a local folder, or the hub when online);
+    None when it cannot be read here (a missing folder is reported by the preflight checks)."""
+    from trainables.data import is_offline
+
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source, local_files_only=is_offline() or os.path.isdir(source))
+    except Exception:  # unreadable or unreachable: nothing to check against
+        return None
+    layers = getattr(config, "num_hidden_layers", None)
+    return int(layers) if isinstance(layers, int) else None
+
+
+def realign_layer_problems(experiment: Experiment, settings: Mapping[Trial, Settings]) -> list[str]:
+    """`realign_layer` indexes the encoder's hidden states (0 = embeddings .. L = last layer, or
+    negative from the end): an index the model lacks would fail every realigning trial."""
+    layers_by_source: dict[str, int | None] = {}
+    wanted: dict[tuple[str, int], int] = {}
+    for trial in experiment.trials:
+        if trial.realign != NO_REALIGNMENT:
+            key = (trial.model, settings[trial].realign_layer)
+            wanted[key] = wanted.get(key, 0) + 1
+    problems = []
+    for (model, layer), count in sorted(wanted.items()):
+        source = experiment.models[model].source
+        if source not in layers_by_source:
+            layers_by_source[source] = model_num_layers(source)
+        n_layers = layers_by_source[source]
+        if n_layers is not None and not -(n_layers + 1) <= layer <= n_layers:
+            problems.append(f"setting realign_layer={layer} ({count} trial(s) of model {model!r}): outside "
+                            f"{-(n_layers + 1)}..{n_layers} for its {n_layers} layers (0 = embeddings, -1 = last layer)")
+    return problems
+
+
+def device_problems(experiment: Experiment, settings: Mapping[Trial, Settings], total_gpus: float,
+                    where: str) -> list[str]:
+    """`device="cuda"` where no GPU is (or a trial asks for none) would fail every such trial; a
+    trial sees only the GPUs it asks for (Ray sets CUDA_VISIBLE_DEVICES), so `cuda:N` needs N+1."""
+    problems = []
+    for trial in experiment.trials:
+        device = settings[trial].device
+        if not device.startswith("cuda"):
+            continue
+        spec = experiment.models[trial.model]
+        index = int(device.partition(":")[2] or 0)
+        if total_gpus <= 0:
+            problems.append(f"setting device={device!r}: {where} has no GPU (use device='auto' or 'cpu')")
+        elif spec.gpu <= 0:
+            problems.append(f"setting device={device!r}: models[{trial.model!r}]['gpu'] is 0, so its trials see no GPU")
+        elif index >= max(1, int(spec.gpu)):
+            problems.append(f"setting device={device!r}: a trial of model {trial.model!r} asks for {spec.gpu:g} GPU "
+                            f"and sees only that one (use 'cuda' or 'cuda:0')")
+    return list(dict.fromkeys(problems))

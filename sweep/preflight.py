@@ -1,7 +1,10 @@
-"""Checks made before Ray starts: every model and data file a trial will need is there.
+"""Checks made before Ray starts: every model and data file a trial will need is there and sound.
 
 Each problem is one line naming the setting, model or file; the sweep starts only when there
-are none (the issue: "reported before Ray starts, one clear message each").
+are none. Local model folders (and a local `awesome_model`) are checked by
+`trainables.model_files.check_model_folder` (config, fast tokenizer, weights covering the
+encoder), once per folder; local data files are read whole through their readers, once per file,
+so that a bad line fails here rather than in hundreds of trials. Nothing is cached on disk.
 """
 from __future__ import annotations
 
@@ -17,26 +20,52 @@ def looks_like_local_path(source: str) -> bool:
     return source.startswith(("/", "~", "./", "../")) or os.path.exists(source)
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def model_folder_problems(folders: dict[str, str]) -> list[str]:
+    """One line per local model folder (-> what refers to it) that fails its check."""
+    if not folders:
+        return []
+    from trainables.model_files import check_model_folder
+
+    problems = []
+    for folder, what in folders.items():
+        try:
+            check_model_folder(folder)
+        except ValueError as error:  # TrialInputError
+            problems.append(f"{what}: {_one_line(error)}")
+    return problems
+
+
 def preflight_problems(experiment: Experiment) -> list[str]:
-    from trainables.data import describe_missing
+    from trainables.data import describe_missing, describe_unreadable
 
     problems: list[str] = []
+    folders: dict[str, str] = {}  # local model folder -> the model or setting that names it
     for name in sorted({t.model for t in experiment.trials}):
         source = experiment.models[name].source
-        if looks_like_local_path(source) and not (Path(source) / "config.json").is_file():
-            problems.append(f"model {name!r}: {source}/config.json not found (a transformers model folder is expected)")
+        if looks_like_local_path(source):
+            folders.setdefault(source, f"model {name!r}")
     needs: set[tuple] = set()
     for trial in experiment.trials:
-        settings = make_settings(dict(trial.settings), model=trial.model)
+        try:
+            settings = make_settings(dict(trial.settings), model=trial.model)
+        except ValueError as error:
+            problems.append(f"model {trial.model!r}: {_one_line(error)}")
+            continue
         needs.add(("task", trial.task, settings.langs, settings.data_dir))
         needs.add(("parallel", trial.corpus, settings.langs, settings.data_dir))
         if trial.pairs == "dico":
             needs.add(("dictionary", "muse", settings.langs, settings.data_dir))
         if trial.pairs == "awesome" and looks_like_local_path(settings.awesome_model):
-            if not (Path(settings.awesome_model) / "config.json").is_file():
-                problems.append(f"setting awesome_model: {settings.awesome_model}/config.json not found")
+            folders.setdefault(settings.awesome_model, "setting awesome_model")
+    problems.extend(model_folder_problems(folders))
+    already_read: set[Path] = set()  # a file several needs share is read once
     for kind, name, langs, data_dir in sorted(needs, key=str):
         problems.extend(describe_missing(kind, name, langs, data_dir))
+        problems.extend(describe_unreadable(kind, name, langs, data_dir, already_read))
     return _unique(problems)
 
 

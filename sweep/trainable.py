@@ -3,24 +3,109 @@
 The whole resumable state of a trial is one dict (the trial's checkpoint); here it is stored as
 `state.pt` in a Tune checkpoint folder. Tune restores the latest one after a failure
 (`FailureConfig`) or when the driver resumes the experiment.
+
+Beside Tune's files, each trial folder holds three small records of ours, written by the trial
+itself (atomically) because Tune's own view of a trial reaches disk only when the driver syncs
+its experiment state, which a killed driver never does:
+
+- `sweep-starts.txt`: how many times the trial started, from scratch or from a checkpoint
+  (a checkpoint cannot count the starts that died before their first checkpoint);
+- `sweep-final.json`: the final metrics, written before they are reported. A trial that Tune
+  restores after it finished (the driver died before recording it) reports them again and
+  runs nothing;
+- `sweep-failure.json`: the one-line reason of the last exception, and whether a retry could
+  fix it (`trainables.errors.is_deterministic`). Tune retries every failure (`FailureConfig`
+  has no per-exception policy): a retry of a deterministic failure, in the same driver run,
+  raises at once instead of redoing the work. A new driver run (the user may have fixed the
+  input) tries again.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
 from ray import tune
 
+from trainables.cache import atomic_save
+from trainables.errors import is_deterministic
+
 STATE_FILE = "state.pt"
+STARTS_FILE = "sweep-starts.txt"
+FINAL_FILE = "sweep-final.json"
+FAILURE_FILE = "sweep-failure.json"
+TUNE_ERROR_FILE = "error.txt"  # Tune's: the traceback of every failure of the trial
 # Fault injection for the resilience tests: the worker process dies (as if killed) right after
 # its N-th checkpoint of a trial that started from scratch.
 CRASH_AFTER_CHECKPOINTS_ENV = "SWEEP_TEST_CRASH_AFTER_CHECKPOINTS"
 
 
+class RecordedFailure(ValueError):
+    """A retry of a trial whose failure is deterministic: raised before any work is redone."""
+
+
+# --- records in the trial folder ---------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_save(value, path, lambda v, p: p.write_text(json.dumps(v, default=_jsonable)))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or not ours: no record
+        return None
+
+
+def count_start(trial_dir: Path) -> int:
+    """Add one start to the trial's count and return the new count."""
+    try:
+        starts = int((trial_dir / STARTS_FILE).read_text()) + 1
+    except (OSError, ValueError):
+        starts = 1
+    atomic_save(starts, trial_dir / STARTS_FILE, lambda v, p: p.write_text(str(v)))
+    return starts
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def one_line(error: BaseException) -> str:
+    """The line a user reads: the exception's type and the last line of its message."""
+    return f"{type(error).__name__}: {last_line(str(error))}".rstrip(": ")
+
+
+def failure_reason(trial_dir: Path, error: BaseException | None = None) -> str:
+    """A failed trial's one-line reason: the trial's own record when it raised, else the last line
+    of the error Tune saw (a worker that died raised nothing)."""
+    record = read_json(Path(trial_dir) / FAILURE_FILE)
+    if isinstance(record, dict) and record.get("reason"):
+        return str(record["reason"])
+    if error is not None:  # a remote error's text is its traceback: the last line is the exception
+        return last_line(str(error)) or type(error).__name__
+    try:
+        return last_line((Path(trial_dir) / TUNE_ERROR_FILE).read_text()) or "failed"
+    except OSError:
+        return "failed (no error recorded)"
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
 def load_checkpoint_state() -> dict[str, Any] | None:
+    import torch
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -30,6 +115,8 @@ def load_checkpoint_state() -> dict[str, Any] | None:
 
 def report_to_tune(metrics: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> None:
     """Report nested metrics (Tune flattens them with '/'), with the state as a checkpoint if given."""
+    import torch
+
     if state is None:
         tune.report(dict(metrics))
         return
@@ -38,7 +125,23 @@ def report_to_tune(metrics: Mapping[str, Any], state: Mapping[str, Any] | None =
         tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_trial_in_tune(config: Mapping[str, Any]) -> None:
+def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: str) -> None:
+    """One trial in a Tune worker; `trial_dir` is its folder in the run, `driver_run` names the
+    driver run that scheduled it (a deterministic failure is not retried within one)."""
+    trial_dir = Path(trial_dir)
+    final = read_json(trial_dir / FINAL_FILE)
+    if isinstance(final, dict):
+        tune.report(final)  # finished before the driver recorded it: the same result, nothing rerun
+        return
+    failure = read_json(trial_dir / FAILURE_FILE)
+    if isinstance(failure, dict) and failure.get("deterministic") and failure.get("driver_run") == driver_run:
+        raise RecordedFailure(f"{failure['reason']} (not retried: it fails the same way every time; "
+                              f"first traceback in {trial_dir / TUNE_ERROR_FILE})")
+    (trial_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier run's failure: try again
+    starts = count_start(trial_dir)
+
+    import torch
+
     # imported in the worker: the driver needs no torch models
     from trainables.runtime import return_freed_memory
     from trainables.trial import run_trial
@@ -48,12 +151,22 @@ def run_trial_in_tune(config: Mapping[str, Any]) -> None:
     if cpus:  # one trial per CPU share: don't let torch oversubscribe the node's cores
         torch.set_num_threads(max(1, int(cpus)))
     state = load_checkpoint_state()
-    report = report_to_tune
+
+    def report(metrics: Mapping[str, Any], checkpoint_state: Mapping[str, Any] | None = None) -> None:
+        if metrics.get("phase") == "done":  # the final result: recorded before Tune hears of it
+            metrics = {**metrics, "trial_starts": starts}
+            write_json(trial_dir / FINAL_FILE, dict(metrics))
+        report_to_tune(metrics, checkpoint_state)
+
     crash_after = int(os.environ.get(CRASH_AFTER_CHECKPOINTS_ENV, "0"))
     if crash_after and state is None:
-        report = _crashing_after(crash_after, report_to_tune)
+        report = _crashing_after(crash_after, report)
     try:
         run_trial(trial_config, state, report)
+    except Exception as error:
+        write_json(trial_dir / FAILURE_FILE, {"reason": one_line(error), "type": type(error).__name__,
+                                              "deterministic": is_deterministic(error), "driver_run": driver_run})
+        raise
     finally:  # the worker process runs the next trial: don't let it hold this one's peak memory
         return_freed_memory()
 
@@ -86,5 +199,13 @@ def trial_resources(gpus_available: bool) -> Callable[[Mapping[str, Any]], tune.
     return request
 
 
-def make_trainable(gpus_available: bool) -> Any:
-    return tune.with_resources(run_trial_in_tune, trial_resources(gpus_available))
+def make_trainable(gpus_available: bool, run_dir: Path, driver_run: str) -> Any:
+    """The trainable of one driver run. Each trial's folder is `run_dir/<trial name>` (the runner
+    names folders after trials); the storage must be shared by every node, as Tune requires for
+    its checkpoints."""
+    run_dir_text = str(run_dir)
+
+    def sweep_trial(config: Mapping[str, Any]) -> None:
+        run_trial_in_tune(config, Path(run_dir_text) / tune.get_context().get_trial_name(), driver_run)
+
+    return tune.with_resources(sweep_trial, trial_resources(gpus_available))

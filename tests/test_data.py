@@ -24,9 +24,13 @@ from trainables.data import (
     Subset,
     check_available,
     describe_missing,
+    describe_unreadable,
     load_dictionary,
     load_parallel,
+    load_source,
     load_task_split,
+    read_conllu,
+    read_muse,
     resolve_cache_dir,
     resolve_data_dir,
 )
@@ -248,6 +252,138 @@ def test_preflight_descriptions(tmp_path, monkeypatch):
     with pytest.raises(DataSourceError, match="2 data file"):
         check_available("dictionary", "muse", ["es"], tmp_path, tmp_path / "cache")
     assert "did you mean 'ntrex'" in describe_missing("parallel", "ntrx", ["es"], SHARED_DATA)[0]
+
+
+# --- bad files: found when read, one line `path:line: what is wrong` --------------------------------------
+
+TEN = "1\tcasa\tcasa\tNOUN\t_\t_\t0\troot\t_\t_"
+
+
+def one_line_error(call, *args, **kwargs) -> str:
+    with pytest.raises(DataSourceError) as caught:
+        call(*args, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_conllu_column_count_and_ids_are_checked_on_every_line(tmp_path):
+    path = write(tmp_path / "ud/es_gsd-ud-test.conllu", f"# sent_id = a\n{TEN}\n\n# sent_id = b\n{TEN}\n"
+                 "2\tes\tser\tAUX\t_\t_\t1\tcop\t_\n\n")
+    assert one_line_error(load_task_split, "udpos", "test", "es", data_dir=tmp_path) == (
+        f"{path}:6: expected 10 tab-separated CoNLL-U columns, got 9")
+    write(path, f"{TEN}\nx\tcasa\tcasa\tNOUN\t_\t_\t0\troot\t_\t_\n")
+    assert "es_gsd-ud-test.conllu:2: ID 'x' is not a word index" in one_line_error(read_conllu, path)
+    write(path, f"{TEN.replace('NOUN', 'NOM')}\n")
+    assert f"{path}:1: word 'casa' has UPOS 'NOM'" in one_line_error(read_conllu, path)
+
+
+def test_conllu_without_final_blank_line_keeps_its_last_sentence_and_a_cut_line_is_named(tmp_path):
+    path = tmp_path / "t.conllu"
+    path.write_text(f"{TEN}\n\n{TEN}\n2\tes\tser\tAUX\t_\t_\t1\tcop\t_\t_", encoding="utf-8")  # no final newline
+    assert read_conllu(path) == [{"words": ["casa"], "labels": ["NOUN"]},
+                                 {"words": ["casa", "es"], "labels": ["NOUN", "AUX"]}]
+    path.write_text(f"{TEN}\n\n{TEN}\n2\tes\tser\tAU", encoding="utf-8")  # download cut mid-line
+    assert one_line_error(read_conllu, path) == f"{path}:4: expected 10 tab-separated CoNLL-U columns, got 4"
+
+
+@pytest.mark.parametrize(
+    "relative, content, line",
+    [
+        ("ud/es_gsd-ud-test.conllu", f"{TEN}\n\n".encode() + b"1\tca\xf1a\tx\tNOUN\t_\t_\t0\troot\t_\t_\n", 3),
+        ("wikiann/test-es.tsv", b"Ana\tB-PER\n\nLe\xf3n\tB-LOC\n", 3),
+        ("xnli/test-es.tsv", b"premise\thypothesis\tlabel\nA\tB\tneutral\nC\t\xff\tneutral\n", 3),
+        ("muse/en-es.txt", b"dog perro\ncat gato\n\x80 x\n", 3),
+        ("parallel/mine/en-es.es", b"uno\ndos\n\xc3(\n", 3),
+    ],
+)
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path, relative, content, line):
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    write(tmp_path / "parallel/mine/en-es.en", "one\ntwo\nthree\n")
+    loaders = {"ud": lambda: load_task_split("udpos", "test", "es", data_dir=tmp_path),
+               "wikiann": lambda: load_task_split("wikiann", "test", "es", data_dir=tmp_path),
+               "xnli": lambda: load_task_split("xnli", "test", "es", data_dir=tmp_path),
+               "muse": lambda: load_source(data.get_source("muse"), {"src": "en", "tgt": "es"}, tmp_path),
+               "parallel": lambda: load_parallel("mine", "es", data_dir=tmp_path)}
+    message = one_line_error(loaders[relative.split("/")[0]])
+    assert message.startswith(f"{path}:{line}: not UTF-8 (byte 0x")
+
+
+@pytest.mark.parametrize(
+    "relative, content, expected",
+    [
+        ("wikiann/test-es.tsv", "Ana\tB-PER\nvive\tO\textra\n", ":2: expected 'token<TAB>tag', got 3 tab-separated fields"),
+        ("wikiann/test-es.tsv", "Ana\tB-PER\n\tO\n", ":2: empty token before the tag 'O'"),
+        ("wikiann/test-es.tsv", "Ana\tB-PERSON\n", ":1: tag 'B-PERSON' is not one of"),
+        ("xnli/test-es.tsv", "A\tB\tneutral\nA\tneutral\n", ":2: expected 'premise<TAB>hypothesis<TAB>label', got 2 fields"),
+        ("mnli/train.tsv", "premise\thypothesis\tlabel\nA\tB\tC\tneutral\n", ":2: expected 'premise<TAB>hypothesis<TAB>label', got 4"),
+    ],
+)
+def test_tsv_column_counts_name_file_and_line(tmp_path, relative, content, expected):
+    path = write(tmp_path / relative, content)
+    task = {"wikiann": "wikiann", "xnli": "xnli", "mnli": "xnli"}[relative.split("/")[0]]
+    split = "train" if relative.startswith("mnli") else "test"
+    lang = "en" if relative.startswith("mnli") else "es"
+    assert one_line_error(load_task_split, task, split, lang, data_dir=tmp_path).startswith(f"{path}{expected}")
+
+
+def test_muse_skips_a_few_irregular_lines_but_rejects_a_wrong_file(tmp_path, caplog):
+    good = [f"w{i}\tp{i}" for i in range(200)]
+    path = write(tmp_path / "muse/en-es.txt", "\n".join(good[:100] + ["odd line here"] + good[100:]) + "\n")
+    assert len(read_muse(path)) == 200  # the reference skips lines that are not two fields
+    assert "skipped 1 malformed lines (first: line 101)" in caplog.text
+    write(path, "".join(f"{i}\tw{i}\tp{i}\n" for i in range(10)))
+    assert one_line_error(read_muse, path) == (
+        f"{path}:1: expected 'source<TAB or space>target', got 3 fields (10 of 10 lines are malformed)")
+
+
+@pytest.mark.parametrize(
+    "relative, content, load, what",
+    [
+        ("ud/fr_gsd-ud-test.conllu", "# sent_id = 1\n# text = rien\n\n", ("udpos", "test", "fr"), "no example in it (udpos split=test lang=fr)"),
+        ("xnli/test-ar.tsv", "premise\thypothesis\tlabel\n", ("xnli", "test", "ar"), "no example in it (xnli split=test lang=ar)"),
+        ("wikiann/test-ru.tsv", "\n\n", ("wikiann", "test", "ru"), "no example in it (wikiann split=test lang=ru)"),
+    ],
+)
+def test_a_split_without_examples_names_file_and_language(tmp_path, relative, content, load, what):
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True)
+    path.write_text(content, encoding="utf-8")
+    assert one_line_error(load_task_split, *load, data_dir=tmp_path) == f"{path}: {what}"
+
+
+def test_empty_parallel_files_and_dictionaries_are_named(tmp_path):
+    for name in ("parallel/mine/en-es.en", "parallel/mine/en-es.es", "muse/en-es.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    en, es = tmp_path / "parallel/mine/en-es.en", tmp_path / "parallel/mine/en-es.es"
+    assert one_line_error(load_parallel, "mine", "es", data_dir=tmp_path) == (
+        f"{en} and {es}: no sentence pair in it (mine lang=es)")
+    assert "muse/en-es.txt: no dictionary entry in it (muse src=en tgt=es)" in one_line_error(
+        load_dictionary, "en", "es", data_dir=tmp_path)
+
+
+def test_describe_unreadable_reads_every_file_once_and_reports_each_bad_one(tmp_path):
+    write(tmp_path / "xnli/test-es.tsv", "A\tB\tneutral\n")
+    write(tmp_path / "xnli/test-fr.tsv", "A\tB\tneutral\nC\tD\tmaybe\n")
+    write(tmp_path / "xnli/test-en.tsv", "A\tB\tneutral\n")
+    write(tmp_path / "mnli/train.tsv", "A\tB\tneutral\n")  # mnli/dev.tsv is absent: describe_missing's line
+    read: set[Path] = set()
+    lines = describe_unreadable("task", "xnli", ["es", "fr"], tmp_path, read)
+    assert lines == [f"{tmp_path / 'xnli/test-fr.tsv'}:2: label 'maybe' is not one of entailment, neutral, contradiction"]
+    assert read == {tmp_path / p for p in ("mnli/train.tsv", "xnli/test-en.tsv", "xnli/test-es.tsv", "xnli/test-fr.tsv")}
+    assert describe_unreadable("task", "xnli", ["fr"], tmp_path, read) == []  # already read
+    assert describe_unreadable("parallel", "nothere", ["es"], tmp_path) == []  # describe_missing names it
+
+
+def test_the_real_files_pass_every_check():
+    read: set[Path] = set()
+    for kind, name in [("task", "udpos"), ("task", "wikiann"), ("task", "xnli"), ("parallel", "ntrex"), ("dictionary", "muse")]:
+        assert describe_unreadable(kind, name, TARGETS, SHARED_DATA, read) == []
+    assert len(read) == 44  # every file of ../shared/data/README.md's layout
+
 
 
 # --- settings and subsets -------------------------------------------------------------------------

@@ -1,11 +1,21 @@
-"""Words -> subwords: first-subword pooling, lone "▁" pieces, labels on first subwords."""
+"""Words -> subwords: lone "▁" deletion, first-subword pooling, labels on first subwords, truncation."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertTokenizerFast
 
-from trainables.encoding import IGNORE_INDEX, encode_words, first_subword_labels, pool_words
+from trainables import data
+from trainables.encoding import (
+    IGNORE_INDEX,
+    encode_words,
+    first_subword_labels,
+    lone_prefix_ids,
+    pool_words,
+    removes_lone_prefix,
+)
 
 
 @pytest.fixture(scope="module")
@@ -13,16 +23,105 @@ def xlmr_tokenizer(e5_small):
     return AutoTokenizer.from_pretrained(e5_small)
 
 
-def test_lone_prefix_piece_is_skipped(xlmr_tokenizer):
-    # "北京" tokenises as ["▁", "北京"]: the lone "▁" says nothing about the word.
-    words = [["我", "爱", "北京"]]
-    encoded = encode_words(xlmr_tokenizer, words, max_length=32)
-    tokens = xlmr_tokenizer.convert_ids_to_tokens(encoded.inputs["input_ids"][0])
-    first = encoded.first_subword[0].tolist()
-    assert tokens[first[2]] == "北京"
-    assert tokens[first[2] - 1] == "▁"  # the skipped piece sits right before it
-    lone_position = first[2] - 1
-    assert encoded.token_word[0, lone_position] == -1
+@pytest.fixture(scope="module")
+def ud_sentences(shared_data, xlmr_tokenizer) -> list[list[str]]:
+    """The first Chinese UD test sentence and the first English one with a lone "▁" piece."""
+    zh = data.read_conllu(Path(shared_data, "ud", "zh_gsd-ud-test.conllu"))[0]["words"]
+    lone = lone_prefix_ids(xlmr_tokenizer)[0]
+    en = next(
+        e["words"] for e in data.read_conllu(Path(shared_data, "ud", "en_ewt-ud-test.conllu"))
+        if lone in xlmr_tokenizer(e["words"], is_split_into_words=True)["input_ids"]
+    )
+    return [zh, en]
+
+
+def by_hand(tokenizer, words: list[str]) -> tuple[list[int], list[int], list[int]]:
+    """(ids without lone pieces, first position of each word among them, lone pieces deleted), in
+    plain Python from the tokenizer's own word_ids()."""
+    lone = set(lone_prefix_ids(tokenizer))
+    encoding = tokenizer(words, is_split_into_words=True)
+    ids, first, deleted = [], {}, 0
+    for token, word in zip(encoding["input_ids"], encoding.word_ids()):
+        if token in lone:
+            deleted += 1
+            continue
+        if word is not None and word not in first:
+            first[word] = len(ids)
+        ids.append(token)
+    return ids, [first[w] for w in range(len(words))], deleted
+
+
+def test_e5_small_tokenizer_is_xlmr_and_wordpiece_is_not(xlmr_tokenizer):
+    # e5-small is a BERT model, but its tokenizer_config names XLM-R's tokenizer: the reference's
+    # isinstance test on the tokenizer deletes its lone pieces.
+    assert removes_lone_prefix(xlmr_tokenizer)
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "▁", "a", "##b"]
+    wordpiece = BertTokenizerFast(vocab={piece: i for i, piece in enumerate(pieces)})
+    assert lone_prefix_ids(wordpiece) == [5] and not removes_lone_prefix(wordpiece)
+    encoded = encode_words(wordpiece, [["ab", "a"]], max_length=16)
+    assert encoded.inputs["input_ids"][0].tolist() == [2, 6, 7, 6, 3]
+    assert encoded.first_subword[0].tolist() == [1, 3]
+
+
+def test_lone_prefix_ids_leave_the_input_on_real_text(xlmr_tokenizer, ud_sentences):
+    encoded = encode_words(xlmr_tokenizer, ud_sentences, max_length=512)
+    lone = lone_prefix_ids(xlmr_tokenizer)[0]
+    deleted = 0
+    for row, words in enumerate(ud_sentences):
+        ids, first, n_deleted = by_hand(xlmr_tokenizer, words)
+        deleted += n_deleted
+        length = int(encoded.inputs["attention_mask"][row].sum())
+        assert encoded.inputs["input_ids"][row, :length].tolist() == ids
+        assert (encoded.inputs["input_ids"][row, length:] == xlmr_tokenizer.pad_token_id).all()
+        assert encoded.first_subword[row, : len(words)].tolist() == first
+        assert lone not in encoded.inputs["input_ids"][row].tolist()
+    assert deleted >= len(ud_sentences[0]) - 1  # Chinese: nearly every word had one
+
+
+def test_labels_and_word_vectors_on_first_remaining_subword(xlmr_tokenizer, ud_sentences):
+    encoded = encode_words(xlmr_tokenizer, ud_sentences, max_length=512)
+    labels = [list(range(10, 10 + len(words))) for words in ud_sentences]
+    token_labels = first_subword_labels(encoded, labels)
+    n_rows, n_tokens = encoded.inputs["input_ids"].shape
+    hidden = torch.arange(n_tokens, dtype=torch.float).view(1, n_tokens, 1).expand(n_rows, n_tokens, 1)
+    pooled = pool_words(hidden, encoded, "first")[..., 0]
+    for row, words in enumerate(ud_sentences):
+        _, first, _ = by_hand(xlmr_tokenizer, words)
+        labelled = (token_labels[row] != IGNORE_INDEX).nonzero().squeeze(1).tolist()
+        assert labelled == first and token_labels[row, labelled].tolist() == labels[row]
+        assert pooled[row, : len(words)].tolist() == [float(p) for p in first]
+        tokens = xlmr_tokenizer.convert_ids_to_tokens(encoded.inputs["input_ids"][row, labelled])
+        assert "▁" not in tokens
+
+
+def test_keep_lone_prefix_keeps_them_in_the_input_and_skips_them(xlmr_tokenizer, ud_sentences):
+    encoded = encode_words(xlmr_tokenizer, ud_sentences, max_length=512, keep_lone_prefix=True)
+    removed = encode_words(xlmr_tokenizer, ud_sentences, max_length=512)
+    for row, words in enumerate(ud_sentences):
+        expected = xlmr_tokenizer(words, is_split_into_words=True)["input_ids"]
+        length = int(encoded.inputs["attention_mask"][row].sum())
+        assert encoded.inputs["input_ids"][row, :length].tolist() == expected
+        tokens = xlmr_tokenizer.convert_ids_to_tokens(expected)
+        first = encoded.first_subword[row, : len(words)].tolist()
+        assert all(tokens[p] != "▁" for p in first)
+        assert any(tokens[p - 1] == "▁" for p in first)  # the skipped piece sits right before
+        # same word pieces, only the positions differ
+        kept_ids = encoded.inputs["input_ids"][row, first].tolist()
+        assert kept_ids == removed.inputs["input_ids"][row, removed.first_subword[row, : len(words)]].tolist()
+
+
+def test_truncation_happens_after_deletion(xlmr_tokenizer, ud_sentences):
+    zh = [ud_sentences[0]]
+    ids, first, _ = by_hand(xlmr_tokenizer, zh[0])
+    limit = 8
+    encoded = encode_words(xlmr_tokenizer, zh, max_length=limit)
+    # the first limit - 2 remaining pieces, then </s>: more words than the tokenizer's truncation keeps
+    assert encoded.inputs["input_ids"][0].tolist() == ids[: limit - 1] + [xlmr_tokenizer.eos_token_id]
+    assert encoded.word_mask[0].sum().item() == sum(p < limit - 1 for p in first)
+    kept = encode_words(xlmr_tokenizer, zh, max_length=limit, keep_lone_prefix=True)
+    truncated = xlmr_tokenizer(zh[0], is_split_into_words=True, truncation=True, max_length=limit)["input_ids"]
+    assert kept.inputs["input_ids"][0].tolist() == truncated  # keep_lone_prefix: today's truncation
+    assert kept.word_mask[0].sum() < encoded.word_mask[0].sum()
 
 
 def test_first_and_mean_pooling_by_hand(xlmr_tokenizer):
@@ -49,16 +148,18 @@ def test_layers_pooled_together(xlmr_tokenizer):
         assert torch.equal(pooled[:, 0, word], hidden[:, 0, position])
 
 
-def test_labels_on_first_subword_only(xlmr_tokenizer):
-    words = [["unbelievably", "北京", "ok"]]
-    encoded = encode_words(xlmr_tokenizer, words, max_length=32)
-    labels = first_subword_labels(encoded, [[3, 5, 7]])
-    labelled = (labels[0] != IGNORE_INDEX).nonzero().squeeze(1).tolist()
-    assert labelled == encoded.first_subword[0].tolist()
-    assert labels[0, labelled].tolist() == [3, 5, 7]
-
-
 def test_truncated_words_are_absent(xlmr_tokenizer):
     encoded = encode_words(xlmr_tokenizer, [["word"] * 20], max_length=8)  # 6 word tokens fit
     assert encoded.word_mask[0].sum().item() == 6
     assert encoded.first_subword[0, 6:].eq(-1).all()
+    with pytest.raises(ValueError, match="max_length=2 leaves no room"):
+        encode_words(xlmr_tokenizer, [["word"]], max_length=2)
+
+
+def test_sentence_pairs_map_the_first_segment_only(xlmr_tokenizer):
+    encoded = encode_words(xlmr_tokenizer, [["我", "爱", "北京"]], 64, second_segments=[["北京", "好"]])
+    ids = encoded.inputs["input_ids"][0].tolist()
+    assert lone_prefix_ids(xlmr_tokenizer)[0] not in ids
+    assert ids.count(xlmr_tokenizer.convert_tokens_to_ids("北京")) == 2  # once in each segment
+    assert encoded.first_subword[0].tolist() == [1, 2, 3]
+    assert (encoded.token_word[0, 4:] == -1).all()

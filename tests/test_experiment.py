@@ -99,3 +99,147 @@ def test_missing_local_data_reported_before_ray(tmp_path, capsys):
     assert sweep_main([str(exp)]) == 2
     err = capsys.readouterr().err
     assert "nodata" in err and "error:" in err
+
+
+# --- errors a user can read, before Ray starts --------------------------------------------------
+
+
+def write_experiment(path: Path, **changes) -> Path:
+    raw = dict(name="toyexp", grids=[grid()])
+    raw.update(changes)
+    path.write_text(f"EXPERIMENT = {raw!r}\n")
+    return path
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_only_repeated_key_is_a_union_and_keys_intersect(capsys):
+    experiment = build_experiment(dict(grids=[grid(seed=[0, 1, 2], task=["udpos", "wikiann"])]))
+    from sweep.cli import parse_only
+
+    only = parse_only(["seed=0", "seed=1", "task=udpos"])
+    assert only == {"seed": {"0", "1"}, "task": {"udpos"}}
+    kept = experiment.filtered(only).trials
+    assert sorted((t.task, t.seed) for t in kept) == [("udpos", 0), ("udpos", 1)]
+    assert sweep_main([str(ROOT / "experiments" / "full_grid.py"), "--dry-run", "--only", "seed=0",
+                       "--only", "seed=1"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"{FULL_GRID_TRIALS * 2 // 5} trials"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(models={"m": dict(source="/nowhere/m", gpu="half")}), "models['m']['gpu'] = 'half': expected a number"),
+        (dict(models={"m": dict(source="/nowhere/m", cpu=-1)}), "models['m']['cpu'] = -1: expected a number > 0"),
+        (dict(models={"m": dict(source="/nowhere/m", gpu=-0.5)}), "models['m']['gpu'] = -0.5: expected a number >= 0"),
+        (dict(models={"m": dict(source="/nowhere/m", gpu=1.5)}), "a share above 1 GPU must be a whole number"),
+        (dict(grids=[dict(grid(), settings=5)]), "grids[0]: settings = 5: expected a dict"),
+        (dict(settings=[1, 2]), "settings = [1, 2]: expected a dict"),
+        (dict(models=["m"]), "models must be a dict"),
+    ],
+)
+def test_bad_resources_and_settings_fail_in_one_line(tmp_path, capsys, changes, message):
+    path = write_experiment(tmp_path / "exp.py", **changes)
+    assert sweep_main([str(path), "--dry-run"]) == 2
+    assert message in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [("no_such_module_xyz:make", "cannot import 'no_such_module_xyz'"),
+     ("trainables.toy:no_such_function", "'trainables.toy' has no 'no_such_function'")],
+)
+def test_prepare_naming_a_missing_module_or_function(tmp_path, capsys, call, message):
+    path = write_experiment(tmp_path / "exp.py", prepare=dict(call=call))
+    assert sweep_main([str(path), "--storage", str(tmp_path / "results")]) == 2
+    assert message in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_num_cpus_must_be_positive(tmp_path, capsys, value):
+    path = write_experiment(tmp_path / "exp.py")
+    assert sweep_main([str(path), "--num-cpus", value]) == 2
+    assert f"--num-cpus {value}: expected a whole number >= 1" in one_error_line(capsys)
+
+
+def test_storage_that_is_a_file_or_cannot_be_made(tmp_path, capsys):
+    path = write_experiment(tmp_path / "exp.py")
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    assert sweep_main([str(path), "--storage", str(a_file)]) == 2
+    assert "is a file, not a folder" in one_error_line(capsys)
+    assert sweep_main([str(path), "--storage", str(a_file / "sub")]) == 2
+    assert "cannot make" in one_error_line(capsys)
+    assert a_file.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "a/b", "../x"])
+def test_fresh_with_a_name_that_is_not_one_folder_deletes_nothing(tmp_path, capsys, name):
+    path = write_experiment(tmp_path / "exp.py")
+    storage = tmp_path / "deep" / "results"
+    (storage / "cache").mkdir(parents=True)
+    (storage / "cache" / "keep.txt").write_text("shared work")
+    (tmp_path / "deep" / "sibling.txt").write_text("someone else's")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert sweep_main([str(path), "--fresh", "--name", name, "--storage", str(storage)]) == 2
+    assert "expected one folder name" in one_error_line(capsys)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_every_trial_settings_built_before_ray_with_its_preset(tmp_path, capsys):
+    from sweep.experiment import trial_settings
+
+    experiment = build_experiment(dict(grids=[grid(model=["xlm-roberta-base", "bert-base-multilingual-cased"])],
+                                       settings=dict(preset="acl2023-code")))
+    built = trial_settings(experiment)
+    rates = {t.model: s.learning_rate for t, s in built.items()}
+    assert rates == {"xlm-roberta-base": 7.5e-6, "bert-base-multilingual-cased": 2e-5}
+    path = write_experiment(tmp_path / "exp.py")
+    assert sweep_main([str(path), "--dry-run", "--set", "micro_batch_size=5"]) == 2
+    assert "micro_batch_size" in one_error_line(capsys)
+
+
+def tiny_model_folder(path: Path, layers: int) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(
+        f'{{"model_type": "bert", "num_hidden_layers": {layers}, "hidden_size": 8, "num_attention_heads": 2, '
+        '"intermediate_size": 16, "vocab_size": 10}')
+    return path
+
+
+def test_realign_layer_checked_against_the_model_config(tmp_path):
+    from sweep.experiment import realign_layer_problems, trial_settings
+
+    model = tiny_model_folder(tmp_path / "tiny", layers=2)
+    for layer, ok in ((2, True), (-3, True), (3, False), (-4, False)):
+        experiment = build_experiment(dict(
+            models={"tiny": dict(source=str(model))}, settings=dict(realign_layer=layer),
+            grids=[grid(model=["tiny"], realign=["none", "joint"])]))
+        problems = realign_layer_problems(experiment, trial_settings(experiment))
+        if ok:
+            assert problems == []
+        else:
+            assert problems == [f"setting realign_layer={layer} (1 trial(s) of model 'tiny'): outside -3..2 for its "
+                                "2 layers (0 = embeddings, -1 = last layer)"]
+
+
+def test_cuda_refused_where_there_is_no_gpu(tmp_path, capsys, monkeypatch):
+    import sweep.cli
+    from sweep.experiment import device_problems, trial_settings
+
+    monkeypatch.setattr(sweep.cli, "local_gpu_count", lambda: 0)
+    monkeypatch.setattr(sweep.cli, "preflight_problems", lambda experiment: [])
+    model = tiny_model_folder(tmp_path / "tiny", layers=2)
+    path = write_experiment(tmp_path / "exp.py", models={"tiny": dict(source=str(model))},
+                            settings=dict(device="cuda:0"), grids=[grid(model=["tiny"])])
+    assert sweep_main([str(path), "--storage", str(tmp_path / "results")]) == 2
+    assert "setting device='cuda:0': this machine has no GPU" in one_error_line(capsys)
+    experiment = build_experiment(dict(models={"tiny": dict(source=str(model), gpu=0.5)},
+                                       settings=dict(device="cuda:1"), grids=[grid(model=["tiny"])]))
+    assert "sees only that one" in device_problems(experiment, trial_settings(experiment), 4, "the cluster")[0]
+    assert "the cluster has no GPU" in device_problems(experiment, trial_settings(experiment), 0, "the cluster")[0]

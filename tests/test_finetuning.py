@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from trainables import data
@@ -30,6 +31,10 @@ from trainables.pairs import extract_pairs
 from trainables.realignment import build_realigner
 from trainables.settings import Settings
 from trainables.tasks import TASKS, accuracy, entity_f1, get_task
+from trainables.errors import NonFiniteLossError
+from trainables.finetuning import decay_end_step
+from trainables.settings import make_settings
+from trainables.trial import run_trial
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 E5_SMALL_PATH = os.environ.get("E5_SMALL_PATH", os.path.expanduser("~/.cache/offline-models/multilingual-e5-small"))
@@ -132,7 +137,9 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 
 def test_fine_tune_takes_20_accumulated_steps_on_100_examples(small_tokenizer, ewt_train):
     tokenizer = small_tokenizer
-    settings = Settings(device="cpu", epochs=5, batch_size=32, micro_batch_size=8, learning_rate=2e-5)
+    # truncation: one row per example (windows would add rows for the longest sentences)
+    settings = Settings(device="cpu", epochs=5, batch_size=32, micro_batch_size=8, learning_rate=2e-5,
+                        long_sentences="truncate")
     model = tiny_model(tokenizer)
     micro_sizes = []
     model.register_forward_pre_hook(lambda module, args, kwargs: micro_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
@@ -179,22 +186,24 @@ def test_wikiann_labels_land_on_exactly_one_token_per_word(tokenizer):
     for i, example in enumerate(examples):
         start, stop = features.offsets[i].item(), features.offsets[i + 1].item()
         labels = features.labels[start:stop]
-        encoding = tokenizer(example["words"], is_split_into_words=True, truncation=True, max_length=128)
-        assert features.tokens["input_ids"][start:stop].tolist() == encoding["input_ids"]
-        word_ids = encoding.word_ids()
+        encoding = tokenizer(example["words"], is_split_into_words=True)
+        # XLM-R's lone "▁" pieces are deleted from the input (keep_lone_prefix=False)
+        kept = [j for j, token in enumerate(encoding["input_ids"]) if token != tokenizer.convert_tokens_to_ids("▁")]
+        assert features.tokens["input_ids"][start:stop].tolist() == [encoding["input_ids"][j] for j in kept]
+        word_ids = [encoding.word_ids()[j] for j in kept]
         labelled = (labels != IGNORE_INDEX).nonzero().squeeze(1).tolist()
         # one labelled token per word, in word order, each the first token of its word
         assert [word_ids[p] for p in labelled] == list(range(len(example["words"])))
-        assert all(word_ids[p - 1] != word_ids[p] or tokenizer.convert_ids_to_tokens(encoding["input_ids"][p - 1]) == "▁" for p in labelled)
+        assert all(word_ids[p - 1] != word_ids[p] for p in labelled)
         assert [task.labels[j] for j in labels[labelled].tolist()] == example["labels"]
-        split_words += len(encoding["input_ids"]) - 2 - len(example["words"])
+        split_words += len(kept) - 2 - len(example["words"])
     assert split_words > 20  # the sample does exercise multi-subword words
 
 
 def test_nli_pairs_are_tokenised_together(tokenizer):
     examples = data.load_task_split("xnli", "test", "en", data_dir=DATA_DIR, subset=data.Subset(10))
     task = TASKS["xnli"]
-    features = task.featurize(tokenizer, examples, Settings(task_max_length=40))
+    features = task.featurize(tokenizer, examples, Settings(nli_max_length=40))
     batch = features.collate([3, 7])
     for row, i in enumerate((3, 7)):
         expected = tokenizer(examples[i]["premise"], examples[i]["hypothesis"], truncation=True, max_length=40)["input_ids"]
@@ -245,7 +254,7 @@ def test_predict_returns_gold_labels_in_example_order(small_tokenizer, es_pos_te
 def test_nli_fine_tunes_and_scores_one_label_per_example(small_tokenizer):
     train = data.load_task_split("xnli", "train", "en", data_dir=DATA_DIR, subset=data.Subset(24))
     test = data.load_task_split("xnli", "test", "es", data_dir=DATA_DIR, subset=data.Subset(20))
-    settings = Settings(device="cpu", epochs=1, batch_size=8, micro_batch_size=8, task_max_length=64)
+    settings = Settings(device="cpu", epochs=1, batch_size=8, micro_batch_size=8, nli_max_length=64)
     model = tiny_model(small_tokenizer, task="xnli")
     steps = []
     fine_tune(model, small_tokenizer, "xnli", train, settings, seed=0, on_step=steps.append)
@@ -372,3 +381,158 @@ def test_e5_small_joint_realignment_smoke(tokenizer, ewt_train, es_pos_test, ntr
     assert not torch.equal(model.base_model.encoder.layer[-1].output.dense.weight, before)
     score = evaluate(model, tokenizer, "udpos", es_pos_test, settings)
     assert 0.0 <= score <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Protocol choices (docs/protocol.md): divergence, the reference code's schedule and preset,
+# clipping, CTL's English split, the UD release
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_a_diverging_fine_tuning_fails_at_once_naming_its_step(small_tokenizer, ewt_train, ntrex_es, joint):
+    settings = replace(TINY, learning_rate=1e6, epochs=10)
+    model = tiny_model(small_tokenizer)
+    realigner = build_realigner(model, small_tokenizer, ntrex_es, settings, 0, CPU) if joint else None
+    steps, applied = [], []
+    hook = register_optimizer_step_pre_hook(lambda *args: applied.append(1))  # every optimizer.step()
+    try:
+        with pytest.raises(NonFiniteLossError, match=r"^fine-tuning, optimizer step (\d+) of \d+ \(epoch \d+ of 10\):"
+                                                     r" the loss is (nan|inf|-inf)") as failure:
+            fine_tune(model, small_tokenizer, "udpos", ewt_train[:32], settings, seed=0, realign=realigner,
+                      on_step=steps.append)
+    finally:
+        hook.remove()
+    message = str(failure.value)
+    assert len(steps) < 10, "not within a few steps"
+    # the failing step is the one after the last reported, and the optimizer never applied it
+    assert f"optimizer step {len(steps) + 1} of" in message and len(applied) == len(steps)
+    assert ("realignment loss" in message) == joint and "\n" not in message
+    # a normal learning rate on the same data runs to the end
+    normal = fine_tune(tiny_model(small_tokenizer), small_tokenizer, "udpos", ewt_train[:32], TINY, seed=0)
+    assert normal["epoch"] == TINY.epochs
+
+
+def test_a_diverging_sequential_realignment_fails_at_once(small_tokenizer, ntrex_es):
+    settings = replace(TINY, learning_rate=1e6, realign_schedule="constant")
+    model = tiny_model(small_tokenizer)
+    realigner = build_realigner(model, small_tokenizer, ntrex_es, settings, 0, CPU)
+    steps = []
+    with pytest.raises(NonFiniteLossError, match=r"^sequential realignment, optimizer step (\d+) of 30: the loss is"
+                                                 r" (nan|inf|-inf)") as failure:
+        realign_sequentially(model, realigner, 30, settings, seed=0, on_step=steps.append)
+    assert len(steps) < 10 and f"step {len(steps) + 1} of 30" in str(failure.value)
+
+
+def test_constant_realign_schedule_keeps_the_learning_rate(small_tokenizer, ntrex_es):
+    settings = replace(TINY, realign_schedule="constant", learning_rate=3e-4)
+    model = tiny_model(small_tokenizer)
+    realigner = build_realigner(model, small_tokenizer, ntrex_es, settings, 0, CPU)
+    steps = []
+    state = realign_sequentially(model, realigner, 5, settings, seed=0, on_step=steps.append)
+    assert [s["lr"] for s in steps] == [3e-4] * 5  # no warm-up, no decay
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [3e-4, 3e-4]  # still after the last step
+    with pytest.raises(ValueError, match="checkpoint schedule"):  # a linear run cannot resume a constant one
+        realign_sequentially(model, realigner, 5, replace(settings, realign_schedule="linear"), state, seed=0)
+
+
+def test_code_schedule_counts_micro_batches_over_five_epochs(small_tokenizer, ewt_train):
+    settings = Settings(batch_size=32, micro_batch_size=32, epochs=5, schedule_micro_batch_size=8)
+    # 100 examples: 13 micro-batches of 8 an epoch (the reference's DataLoader), warm-up
+    # int(0.1 * 13 * 5) = 6 optimizer steps, zero at 65; the run itself is 4 x 5 = 20 steps
+    assert schedule_steps(100, settings) == (4, 20, 6) and decay_end_step(100, settings) == 65
+    no_accumulation = replace(settings, schedule_micro_batch_size=32)
+    assert schedule_steps(100, no_accumulation) == (4, 20, 2) and decay_end_step(100, no_accumulation) == 20
+    two_epochs = replace(no_accumulation, epochs=2)  # the reference still decays over 5 epochs
+    assert schedule_steps(100, two_epochs) == (4, 8, 2) and decay_end_step(100, two_epochs) == 20
+    assert decay_end_step(100, replace(two_epochs, schedule_micro_batch_size=None)) == 8  # ours: the last step
+    with pytest.raises(ValueError, match="schedule_micro_batch_size=64"):
+        schedule_steps(100, replace(settings, schedule_micro_batch_size=64))
+    # in fine_tune: the learning rate each optimizer step uses
+    tiny = replace(TINY, batch_size=16, micro_batch_size=16, schedule_micro_batch_size=4)
+    features = TASKS["udpos"].featurize(small_tokenizer, ewt_train[:40], tiny)
+    _, total, warmup = schedule_steps(len(features), tiny)
+    end = decay_end_step(len(features), tiny)
+    assert warmup == int(0.1 * math.ceil(len(features) / 4) * 5) and end == 5 * math.ceil(len(features) / 4)
+    steps = []
+    fine_tune(tiny_model(small_tokenizer), small_tokenizer, "udpos", features, tiny, seed=0, on_step=steps.append)
+    expected = [1e-3 * (s / warmup if s < warmup else (end - s) / (end - warmup)) for s in range(total)]
+    assert [s["lr"] for s in steps] == pytest.approx(expected)
+    assert steps[-1]["lr"] > 0.5e-3  # 2 epochs of 4x accumulation: the reference never decayed far
+
+
+def test_acl2023_code_preset_gives_each_choice_of_the_code():
+    paper = make_settings({}, model="xlm-roberta-large")
+    assert (paper.realign_layer, paper.joint_weight, paper.realign_projection, paper.learning_rate,
+            paper.realign_schedule, paper.schedule_micro_batch_size, paper.length_group_factor, paper.precision,
+            paper.max_grad_norm) == (-1, 1.0, False, 2e-5, "linear", None, 50, "auto", None)
+    code = make_settings({"preset": "acl2023-code"}, model="xlm-roberta-large")
+    assert code.realign_layer == -2 and code.joint_weight == 0.1 and code.realign_projection
+    assert code.learning_rate == 7.5e-6 and code.realign_schedule == "constant"
+    assert code.schedule_micro_batch_size == 8 and code.length_group_factor == 1 and code.precision == "fp32"
+    # what the code shares with the paper's text stays
+    assert (code.batch_size, code.epochs, code.warmup_ratio, code.weight_decay, code.max_grad_norm,
+            code.realign_batch_size, code.realign_max_length, code.realign_temperature) == (32, 5, 0.1, 0.0, None, 16, 96, 0.1)
+    mbert = make_settings({"preset": "acl2023-code"}, model="bert-base-multilingual-cased")
+    assert mbert.learning_rate == 2e-5 and mbert.schedule_micro_batch_size == 32
+    assert make_settings({"preset": "acl2023-code"}, model="xlm-roberta-base").learning_rate == 7.5e-6
+    # the reference's optimizer is torch's Adam (betas 0.9/0.999, eps 1e-8): ours, AdamW without
+    # weight decay, takes exactly the same steps
+    ours = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    adamw, adam = make_optimizer([ours], code), torch.optim.Adam([theirs], lr=code.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    for _ in range(3):
+        for parameter, optimizer in ((ours, adamw), (theirs, adam)):
+            optimizer.zero_grad()
+            (parameter ** 3).sum().backward()
+            optimizer.step()
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-9) and not torch.equal(ours.detach(), torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+
+
+def test_no_gradient_clipping_unless_max_grad_norm(small_tokenizer, ntrex_es, monkeypatch):
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(a[1]) or clip(*a, **k))
+    for max_grad_norm in (None, 0.5):
+        settings = replace(TINY, max_grad_norm=max_grad_norm)
+        model = tiny_model(small_tokenizer)
+        realigner = build_realigner(model, small_tokenizer, ntrex_es, settings, 0, CPU)
+        realign_sequentially(model, realigner, 2, settings, seed=0)
+    assert Settings().max_grad_norm is None and calls == [0.5, 0.5]
+
+
+def test_cross_lingual_transfer_against_another_english_score():
+    scores = {"en": 0.8, "es": 0.6}
+    assert cross_lingual_transfer(scores) == {"es": pytest.approx(-0.25)}
+    assert cross_lingual_transfer(scores, reference=0.75) == {"es": pytest.approx(-0.2)}
+
+
+def test_ctl_reference_split_dev_scores_the_english_dev_set(toy_assets, tmp_path):
+    data_dir, model_dir = toy_assets
+
+    def trial(split):
+        settings = dict(data_dir=str(data_dir), cache_dir=str(tmp_path), langs=["es"], epochs=2, batch_size=16,
+                        micro_batch_size=16, learning_rate=1e-3, train_subset=64, test_subset=30, parallel_subset=40,
+                        align_pairs=20, num_threads=1, ctl_reference_split=split)
+        config = dict(model="toy", model_source=str(model_dir), task="udpos", realign="none", pairs="dico",
+                      corpus="toy", seed=0, settings=settings)
+        return run_trial(config, None, lambda metrics, state: None)
+
+    on_test, on_dev = trial("test"), trial("dev")
+    assert set(on_test["score"]) == {"en", "es"} and set(on_dev["score"]) == {"en", "es", "en_dev"}
+    assert list((tmp_path / "features").glob("udpos-dev-en-*.pt")), "the English dev split was not read"
+    # same training and test sets: same test scores; only m_en changes
+    assert on_dev["score"]["en"] == on_test["score"]["en"] and on_dev["score"]["es"] == on_test["score"]["es"]
+    en, en_dev, es = on_dev["score"]["en"], on_dev["score"]["en_dev"], on_dev["score"]["es"]
+    assert set(on_dev["ctl"]) == {"es"} and on_dev["ctl"]["es"] == pytest.approx((es - en_dev) / en_dev)
+    assert on_test["ctl"]["es"] == pytest.approx((es - en) / en)
+
+
+def test_ud_is_read_remotely_at_release_2_7():
+    source = data.get_source("udpos")
+    base = "https://raw.githubusercontent.com/UniversalDependencies"
+    assert source.remote(split="train", lang="en") == f"{base}/UD_English-EWT/r2.7/en_ewt-ud-train.conllu"
+    # the hub's universal_dependencies `zh_gsd` config, which the reference loaded: traditional script
+    assert source.remote(split="test", lang="zh") == f"{base}/UD_Chinese-GSD/r2.7/zh_gsd-ud-test.conllu"
+    assert all("/r2.7/" in source.remote(split="test", lang=lang) for lang in data.LANGUAGES)
+    cached = data._remote_cache_path(source, {"split": "test", "lang": "zh"}, data.Path("/cache"), None)
+    assert cached.name == "zh-test-vr2.7.jsonl"  # another release is another cache file

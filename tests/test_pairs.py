@@ -10,6 +10,7 @@ import pytest
 from trainables import pairs as pairs_module
 from trainables.data import Subset, load_dictionary, load_parallel
 from trainables.pairs import (
+    DEFAULT_AWESOME_MODEL,
     PAIR_COLUMNS,
     PAIR_SOURCES,
     AlignedCorpus,
@@ -22,6 +23,7 @@ from trainables.pairs import (
     pairs_from_dictionary,
 )
 from trainables.segmentation import segment_corpus
+from trainables.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 E5_SMALL = Path("~/.cache/offline-models/multilingual-e5-small").expanduser()
@@ -41,13 +43,14 @@ def invert(dictionary: dict[str, set[str]]) -> dict[str, frozenset[str]]:
 
 
 def assert_valid_pairs(table: pd.DataFrame, en_words, x_words) -> None:
-    """The contract of every pair source: columns, ranges, words, one-to-one, no identical."""
+    """The contract of every pair source: columns, ranges, words, one-to-one, no identical
+    spellings (exact, as the reference's `left_tokens[a] == right_tokens[b]`)."""
     assert list(table.columns) == list(PAIR_COLUMNS)
     assert all(table[c].dtype == np.int64 for c in PAIR_COLUMNS[:3])
     for s, i, j, src, tgt in table.itertuples(index=False):
         assert 0 <= i < len(en_words[s]) and 0 <= j < len(x_words[s])
         assert en_words[s][i] == src and x_words[s][j] == tgt
-        assert src.casefold() != tgt.casefold()
+        assert src != tgt
     assert not table.duplicated(["sentence", "src_index"]).any()
     assert not table.duplicated(["sentence", "tgt_index"]).any()
 
@@ -72,7 +75,8 @@ EN_TO_X = {
 }
 
 
-def test_dictionary_pairs_discard_every_ambiguity():
+def test_lowercase_dictionary_rule_discards_every_ambiguity():
+    # dico_lowercase=True: lowercased lookup, identical pairs dropped after matching.
     en_words = [
         ["The", "big", "house"],  # big: two of its translations present -> dropped
         ["the", "red", "dog"],  # red: its translation occurs twice -> dropped
@@ -88,7 +92,7 @@ def test_dictionary_pairs_discard_every_ambiguity():
         ["coche"],
     ]
     en_to_x = {w: frozenset(ts) for w, ts in EN_TO_X.items()}
-    result = pairs_from_dictionary(en_words, x_words, en_to_x, invert(EN_TO_X))
+    result = pairs_from_dictionary(en_words, x_words, en_to_x, invert(EN_TO_X), lowercase=True)
     expected = frame(
         [
             (0, 0, 0, "The", "La"),  # looked up lowercased, written as in the text
@@ -99,6 +103,39 @@ def test_dictionary_pairs_discard_every_ambiguity():
         ]
     )
     pd.testing.assert_frame_equal(result, expected)
+
+
+def test_reference_dictionary_rule_is_case_sensitive():
+    # The default (the reference's get_dicos + find_aligned_words): tokens looked up as written.
+    # MUSE is lowercase, so the capitalised "The" finds no translation, nor does "La" match "la".
+    en_to_x = {"the": frozenset({"la", "el"}), "house": frozenset({"casa"})}
+    en_words, x_words = [["The", "house"], ["the", "house"]], [["La", "casa"], ["la", "casa"]]
+    default = pairs_from_dictionary(en_words, x_words, en_to_x, invert(en_to_x))
+    pd.testing.assert_frame_equal(default, frame([(0, 1, 1, "house", "casa"), (1, 0, 0, "the", "la"),
+                                                  (1, 1, 1, "house", "casa")]))
+    lowercase = pairs_from_dictionary(en_words, x_words, en_to_x, invert(en_to_x), lowercase=True)
+    assert (0, 0, 0, "The", "La") in set(lowercase.itertuples(index=False, name=None))
+    assert len(lowercase) == 4
+
+
+def test_identical_entries_are_dropped_before_matching():
+    # MUSE has both taxi -> taxi and taxi -> coche. The reference drops the identical entry from
+    # both maps first, so "taxi" has one translation left and pairs with "coche"; the lowercase
+    # rule keeps the entry, finds two translations in the sentence and drops the word.
+    en_to_x = {"taxi": frozenset({"taxi", "coche"}), "the": frozenset({"el"})}
+    x_to_en = invert({"taxi": {"taxi", "coche"}, "the": {"el"}})
+    en_words, x_words = [["the", "taxi"]], [["el", "taxi", "coche"]]
+    default = pairs_from_dictionary(en_words, x_words, en_to_x, x_to_en)
+    pd.testing.assert_frame_equal(default, frame([(0, 0, 0, "the", "el"), (0, 1, 2, "taxi", "coche")]))
+    lowercase = pairs_from_dictionary(en_words, x_words, en_to_x, x_to_en, lowercase=True)
+    pd.testing.assert_frame_equal(lowercase, frame([(0, 0, 0, "the", "el")]))
+    # Dropped from the backward map too: Spanish "taxi" no longer back-translates to English
+    # "taxi", so in "cab taxi" / "taxi" only "cab" competes for it and pairs with it.
+    both = {"cab": {"taxi"}, "taxi": {"taxi"}}
+    en_to_x, x_to_en = {w: frozenset(ts) for w, ts in both.items()}, invert(both)
+    pd.testing.assert_frame_equal(pairs_from_dictionary([["cab", "taxi"]], [["taxi"]], en_to_x, x_to_en),
+                                  frame([(0, 0, 0, "cab", "taxi")]))
+    assert pairs_from_dictionary([["cab", "taxi"]], [["taxi"]], en_to_x, x_to_en, lowercase=True).empty
 
 
 def test_dictionary_back_translation_uses_the_x_en_direction():
@@ -118,6 +155,24 @@ def test_one_to_one_is_decided_before_dropping_identical_spellings():
     table = links_to_pairs(np.zeros(len(links), np.int64), links[:, 0], links[:, 1], en_words, x_words)
     # a has two links, y has two links, Taxi links to taxi (identical) and coche: only d-z stays.
     pd.testing.assert_frame_equal(table, frame([(0, 3, 3, "d", "z")]))
+
+
+def test_identical_spellings_are_exact_unless_case_is_ignored():
+    # The reference (get_pharaoh_dataset) drops `left_tokens[a] == right_tokens[b]`: exact.
+    en_words, x_words = [["Taxi", "taxi", "red"]], [["taxi", "taxi", "rojo"]]
+    links = np.array([(0, 0), (1, 1), (2, 2)])
+    exact = links_to_pairs(np.zeros(3, np.int64), links[:, 0], links[:, 1], en_words, x_words)
+    pd.testing.assert_frame_equal(exact, frame([(0, 0, 0, "Taxi", "taxi"), (0, 2, 2, "red", "rojo")]))
+    folded = links_to_pairs(np.zeros(3, np.int64), links[:, 0], links[:, 1], en_words, x_words, ignore_case=True)
+    pd.testing.assert_frame_equal(folded, frame([(0, 2, 2, "red", "rojo")]))
+
+
+def test_settings_reach_the_pair_context_and_its_cache_key(tmp_path):
+    assert Settings().awesome_model == DEFAULT_AWESOME_MODEL == PairContext().awesome_model
+    settings = Settings(data_dir=str(tmp_path), dico_lowercase=True)
+    context = PairContext.from_settings(settings)
+    assert context.dico_lowercase and not PairContext.from_settings(Settings()).dico_lowercase
+    assert context.cache_parts("dico", "es") != PairContext(data_dir=str(tmp_path)).cache_parts("dico", "es")
 
 
 # --- fastalign / awesome on real text ------------------------------------------------------------
@@ -189,6 +244,32 @@ def test_extract_pairs_caches_segmentation_and_pairs(tmp_path, monkeypatch):
     again = extract_pairs("ntrex", "zh", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(60))
     pd.testing.assert_frame_equal(again.pairs, corpus.pairs)
     assert again.en_words == corpus.en_words and again.x_words == corpus.x_words
+
+
+def write_tiny_corpus(data: Path, muse_en_es: str) -> None:
+    (data / "parallel" / "tiny").mkdir(parents=True, exist_ok=True)
+    (data / "muse").mkdir(exist_ok=True)
+    (data / "parallel" / "tiny" / "en-es.en").write_text("the red car\nThe taxi\n", encoding="utf-8")
+    (data / "parallel" / "tiny" / "en-es.es").write_text("el coche rojo\nEl taxi\n", encoding="utf-8")
+    (data / "muse" / "en-es.txt").write_text(muse_en_es, encoding="utf-8")
+    (data / "muse" / "es-en.txt").write_text("coche car\n", encoding="utf-8")
+
+
+def test_dico_pairs_follow_the_dictionary_files_content_and_rule(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    write_tiny_corpus(data, "red rojo\n")
+
+    def words(**context):
+        corpus = extract_pairs("tiny", "es", "dico", data_dir=data, cache_dir=cache, context=PairContext(**context))
+        return sorted(zip(corpus.pairs["src_word"], corpus.pairs["tgt_word"]))
+
+    assert words() == [("car", "coche"), ("red", "rojo")]
+    # Same path, new content: a cached value must not be served.
+    (data / "muse" / "en-es.txt").write_text("red rojo\nthe el\n", encoding="utf-8")
+    assert words() == [("car", "coche"), ("red", "rojo"), ("the", "el")]
+    # The rule is part of the key: lowercase lookup also pairs "The" with "El".
+    assert words(dico_lowercase=True) == [("The", "El"), ("car", "coche"), ("red", "rojo"), ("the", "el")]
+    assert len(list((cache / "pairs").glob("*-dico-*.parquet"))) == 3
 
 
 def test_unknown_pair_source_suggests():

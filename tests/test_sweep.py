@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ ray = pytest.importorskip("ray")
 
 from sweep.experiment import build_experiment  # noqa: E402
 from sweep.runner import run_sweep  # noqa: E402
-from sweep.trainable import CRASH_AFTER_CHECKPOINTS_ENV, trial_resources  # noqa: E402
+from sweep.trainable import CRASH_AFTER_CHECKPOINTS_ENV, FAILURE_FILE, STARTS_FILE, trial_resources  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES_BEFORE = ("pretrained", "realigned", "finetuned")
@@ -117,31 +116,105 @@ def test_trial_killed_midway_continues_from_checkpoint(tmp_path, toy_assets):
     assert set(final["score"]) == {"en", "es", "fr"}
 
 
-def test_driver_killed_then_rerun_finishes_without_rerunning(tmp_path, toy_assets):
-    data, model = toy_assets
-    seeds = list(range(6))
-    experiment = write_toy_experiment(tmp_path / "exp.py", data, model, seeds=seeds, epochs=3,
-                                      train_subset=300)  # long enough trials to kill the driver between two
-    storage = tmp_path / "results"
-    run_dir = storage / "toy"
-    driver = subprocess.Popen(sweep_command(experiment, storage), cwd=ROOT, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + SWEEP_TIMEOUT_S
-    finished: dict[str, str] = {}
-    while time.monotonic() < deadline and not finished:
-        time.sleep(0.2)
-        finished = {name: (run_dir / name / "result.json").read_text()
-                    for name, rows in final_results(run_dir).items() if rows and rows[-1].get("phase") == "done"}
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
-    driver.wait()
-    assert finished, "no trial finished before the deadline"
-    assert len(finished) < len(seeds), "the sweep finished before the driver could be killed"
+def test_deterministic_failure_shown_with_its_reason_and_not_retried(local_ray, tmp_path, toy_assets, capsys,
+                                                                     monkeypatch):
+    import sweep.cli
+    from sweep.cli import main as sweep_main
 
-    rerun = subprocess.run(sweep_command(experiment, storage), cwd=ROOT, capture_output=True, text=True,
-                           timeout=SWEEP_TIMEOUT_S)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert "resuming" in rerun.stdout
-    rows = final_results(run_dir)
-    assert len(rows) == len(seeds) and all(r[-1]["phase"] == "done" for r in rows.values())
-    for name, text in finished.items():  # finished trials were not run again
-        assert (run_dir / name / "result.json").read_text() == text
+    data, model = toy_assets
+    experiment = write_toy_experiment(tmp_path / "exp.py", data, model, seeds=[0], epochs=1)
+    experiment.write_text(experiment.read_text().replace("align_pairs=50", "align_pairs=50, realign_layer=9"))
+    # The check before Ray would refuse this layer: let the trial meet it, as it would meet a bad input.
+    monkeypatch.setattr(sweep.cli, "realign_layer_problems", lambda *args: [])
+    assert sweep_main([str(experiment), "--storage", str(tmp_path / "results"), "--no-report"]) == 1
+    captured = capsys.readouterr()
+    reason = "ValueError: setting realign_layer=9 outside -3..2"
+    (trial_dir,) = (tmp_path / "results" / "toy").glob("toy-bert_*")
+    summary = [line for line in captured.out.splitlines() if line.strip().startswith("failed:")]
+    assert len(summary) == 1 and summary[0].startswith(f"  failed: {trial_dir.name}: {reason}")
+    assert summary[0].endswith(f" (log: {trial_dir / 'error.txt'})")
+    assert "0 trials finished, 1 failed" in captured.out and "ray::" not in captured.out
+    assert "realign_layer=9" in captured.err  # the live view's list of failures
+    assert (trial_dir / STARTS_FILE).read_text() == "1"  # Tune's two retries ended before any work
+    assert json.loads((trial_dir / FAILURE_FILE).read_text())["deterministic"] is True
+    log = (trial_dir / "error.txt").read_text()
+    assert log.count("Failure #") == 3 and reason in log and "RecordedFailure" in log
+    analysis = ray.tune.ExperimentAnalysis(str(tmp_path / "results" / "toy"))
+    assert [t.status for t in analysis.trials] == ["ERROR"]
+
+
+def test_fresh_deletes_only_a_run_folder_of_that_experiment(tmp_path):
+    from sweep.experiment import ExperimentError
+    from sweep.runner import RUN_MARKER, prepare_run_folder
+
+    def experiment(name):
+        return build_experiment(dict(name=name, grids=[dict(model=["xlm-roberta-base"], task=["udpos"],
+                                                           realign=["none"], pairs=["dico"], corpus=["opus100"],
+                                                           seed=[0])]), where=str(tmp_path / "exp.py"))
+
+    mine, other = experiment("mine"), experiment("other")
+    unmarked = tmp_path / "unmarked"
+    unmarked.mkdir()
+    (unmarked / "thesis.tex").write_text("precious")
+    with pytest.raises(ExperimentError, match=f"not a run folder of this engine \\(no {RUN_MARKER}\\); nothing was deleted"):
+        prepare_run_folder(unmarked, mine, fresh=True)
+    assert (unmarked / "thesis.tex").read_text() == "precious"
+
+    run_dir = tmp_path / "run"
+    assert prepare_run_folder(run_dir, other, fresh=False) is False  # a new run: marked
+    (run_dir / "trial").mkdir()
+    with pytest.raises(ExperimentError, match="is a run of experiment 'other'"):
+        prepare_run_folder(run_dir, mine, fresh=True)
+    assert (run_dir / "trial").is_dir()
+    assert prepare_run_folder(run_dir, other, fresh=True) is False  # its own run: started over
+    assert sorted(p.name for p in run_dir.iterdir()) == [RUN_MARKER]
+    assert json.loads((run_dir / RUN_MARKER).read_text())["experiment"] == "other"
+
+
+def test_unreachable_cluster_address_fails_in_seconds(tmp_path, toy_assets):
+    data, model = toy_assets
+    experiment = write_toy_experiment(tmp_path / "exp.py", data, model, seeds=[0], epochs=1)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "sweep", str(experiment), "--storage", str(tmp_path / "results"),
+                           "--address", "127.0.0.1:1", "--no-report"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --address 127.0.0.1:1: nothing answers at 127.0.0.1:1"), err
+    assert time.monotonic() - started < 60  # imports on a loaded machine; the address check itself is 5 s at most
+
+
+class FakeTrial:
+    def __init__(self, status, path="/r/t"):
+        self.status, self.path, self.trial_id = status, path, path
+
+    def __str__(self):
+        return Path(self.path).name
+
+
+def test_live_view_counts_restored_trials_and_lists_failures(tmp_path):
+    from rich.console import Console
+
+    from sweep.display import SweepProgress, ViewRelay
+
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t1" / FAILURE_FILE).write_text(json.dumps({"reason": "ValueError: x.tsv:12: tag 'B-FOO'"}))
+    console = Console(file=open(os.devnull, "w"), width=200)
+    view = SweepProgress(total=3, console=console, done=2)
+    assert view.pending == 1  # known finished before Tune reports anything
+    relay = ViewRelay()
+    with view:
+        relay.on_experiment_end(trials=[FakeTrial("TERMINATED"), FakeTrial("TERMINATED"), FakeTrial("RUNNING")])
+        assert view.counts == {"done": 2, "running": 1, "failed": 0}
+        trials = [FakeTrial("TERMINATED"), FakeTrial("TERMINATED"), FakeTrial("ERROR", str(tmp_path / "t1"))]
+        relay.on_trial_error(iteration=1, trials=trials, trial=trials[2])
+    assert view.counts == {"done": 2, "running": 0, "failed": 1} and view.pending == 0
+    assert view.failures == [f"t1: ValueError: x.tsv:12: tag 'B-FOO' (log: {tmp_path / 't1' / 'error.txt'})"]
+    relay.on_step_end(iteration=2, trials=[])  # a closed view hears nothing
+    assert view.counts["failed"] == 1
+
+
+def test_no_private_ray_api_in_the_engine():
+    for source in (ROOT / "sweep").glob("*.py"):
+        text = source.read_text()
+        assert "_private" not in text and "_local_tuner" not in text, source

@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -51,8 +52,12 @@ HUB_OFFLINE_ENVS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 DEFAULT_CACHE_DIR = Path("~/.cache/alignment-sweep")
 DOWNLOAD_TIMEOUT_S = 60
 
-# Pinned Universal Dependencies release: the treebanks' files at this git tag.
-UD_RELEASE_TAG = "r2.13"
+# Pinned Universal Dependencies release: the treebanks' files at this git tag. UD 2.7 is what the
+# reference code read through the hub's `universal_dependencies` loader (its configs en_ewt,
+# ar_padt, es_gsd, fr_gsd, ru_gsd, zh_gsd; zh_gsd is UD_Chinese-GSD, the traditional-script
+# treebank, not zh_gsdsimp): EWT 12,543 / 2,002 / 2,077 sentences, paper Table 1. Part of the
+# cache names (the udpos source's `version`), so files of another release are never mixed in.
+UD_RELEASE_TAG = "r2.7"
 UD_URL = "https://raw.githubusercontent.com/UniversalDependencies/{repo}/{tag}/{code}-ud-{split}.conllu"
 MUSE_URL = "https://dl.fbaipublicfiles.com/arrival/dictionaries/{src}-{tgt}.txt"
 # NTREX-128 (the local stand-in corpus): WMT19 English news test set and its translations.
@@ -177,39 +182,73 @@ class Subset:
 # --- readers for the local formats --------------------------------------------------------------
 
 
+def _read_text(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are one error naming the file and the line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:  # a folder, no permission...: still one line naming the file
+        raise DataSourceError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataSourceError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {column})"
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text  # a byte-order mark is not content
+
+
 def _read_lines(path: Path) -> list[str]:
     """Lines split on "\\n" only (str.splitlines also splits on U+2028 etc. and would misalign)."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if text.endswith("\n"):
         text = text[:-1]
     return [line.rstrip("\r") for line in text.split("\n")] if text else []
+
+
+CONLLU_COLUMNS = 10  # ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC
+_CONLLU_WORD_ID = re.compile(r"[1-9][0-9]*")
+_CONLLU_OTHER_ID = re.compile(r"[1-9][0-9]*-[1-9][0-9]*|[0-9]+\.[1-9][0-9]*")  # ranges, empty nodes
 
 
 def read_conllu(path: Path) -> list[dict[str, list[str]]]:
     """Sentences of a CoNLL-U file as {"words", "labels"} with UPOS labels.
 
     Multiword-token lines (ids that are ranges, e.g. "6-7") and empty nodes (ids like "8.1") are
-    skipped: the syntactic words carry the tags.
+    skipped: the syntactic words carry the tags. Every token line is checked (10 tab-separated
+    columns, a valid ID, a UPOS tag); a file that does not end with a blank line keeps its last
+    sentence.
     """
-    import conllu
-
-    examples = []
-    with open(path, encoding="utf-8") as handle:
-        for number, sentence in enumerate(conllu.parse_incr(handle), start=1):
-            words, labels = [], []
-            for token in sentence:
-                if not isinstance(token["id"], int):
-                    continue
-                if token["upos"] not in UPOS_TAGS:
-                    sent_id = sentence.metadata.get("sent_id", f"#{number}")
-                    raise DataSourceError(
-                        f"{path}: sentence {sent_id}: word {token['form']!r} has UPOS "
-                        f"{token['upos']!r}, expected one of {' '.join(sorted(UPOS_TAGS))}"
-                    )
-                words.append(token["form"])
-                labels.append(token["upos"])
+    examples: list[dict[str, list[str]]] = []
+    words: list[str] = []
+    labels: list[str] = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
             if words:
                 examples.append({"words": words, "labels": labels})
+                words, labels = [], []
+            continue
+        if line.startswith("#"):
+            continue
+        columns = line.split("\t")
+        if len(columns) != CONLLU_COLUMNS:
+            raise DataSourceError(
+                f"{path}:{number}: expected {CONLLU_COLUMNS} tab-separated CoNLL-U columns, got {len(columns)}"
+            )
+        token_id, form, upos = columns[0], columns[1], columns[3]
+        if _CONLLU_OTHER_ID.fullmatch(token_id):
+            continue
+        if not _CONLLU_WORD_ID.fullmatch(token_id):
+            raise DataSourceError(f"{path}:{number}: ID {token_id!r} is not a word index, range or empty node")
+        if upos not in UPOS_TAGS:
+            raise DataSourceError(
+                f"{path}:{number}: word {form!r} has UPOS {upos!r}, expected one of {' '.join(sorted(UPOS_TAGS))}"
+            )
+        words.append(form)
+        labels.append(upos)
+    if words:
+        examples.append({"words": words, "labels": labels})
     return examples
 
 
@@ -234,6 +273,8 @@ def read_token_tsv(path: Path, lang: str) -> list[dict[str, list[str]]]:
                 f"{path}:{number}: expected 'token<TAB>tag', got {len(fields)} tab-separated fields"
             )
         token, tag = fields
+        if not token.strip():
+            raise DataSourceError(f"{path}:{number}: empty token before the tag {tag!r}")
         if tag not in WIKIANN_TAGS:
             raise DataSourceError(f"{path}:{number}: tag {tag!r} is not one of {' '.join(WIKIANN_TAGS)}")
         words.append(token[len(prefix):] if token.startswith(prefix) else token)
@@ -274,24 +315,39 @@ def read_line_aligned(en_path: Path, x_path: Path) -> list[tuple[str, str]]:
     return list(zip(en_lines, x_lines))
 
 
+# A dictionary whose lines are mostly not two fields is not a MUSE file (a wrong or damaged file),
+# whereas the published MUSE files have a few irregular lines that the reference skips.
+MUSE_MAX_MALFORMED_SHARE = 0.01
+
+
 def read_muse(path: Path) -> list[tuple[str, str]]:
     """MUSE dictionary entries `source<TAB or space>target`, one per line.
 
     Lines that do not have exactly two fields are skipped with a warning, as the paper's code
-    did (MUSE's published files are tab- or space-separated, a few lines are irregular).
+    did (multilingual_eval/data.py, `get_dicos`: MUSE's published files are tab- or
+    space-separated, a few lines are irregular). More than `MUSE_MAX_MALFORMED_SHARE` of such
+    lines is an error naming the first one.
     """
-    entries, malformed = [], []
+    entries: list[tuple[str, str]] = []
+    malformed: list[tuple[int, int]] = []  # (line number, number of fields)
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.split("\t") if "\t" in line else line.split()
         fields = [f.strip() for f in fields]
         if len(fields) != 2 or not all(fields):
-            malformed.append(number)
+            malformed.append((number, len(fields)))
             continue
         entries.append((fields[0], fields[1]))
     if malformed:
-        log.warning("%s: skipped %d malformed lines (first: line %d)", path, len(malformed), malformed[0])
+        total = len(malformed) + len(entries)
+        number, n_fields = malformed[0]
+        if len(malformed) > MUSE_MAX_MALFORMED_SHARE * total:
+            raise DataSourceError(
+                f"{path}:{number}: expected 'source<TAB or space>target', got {n_fields} fields "
+                f"({len(malformed)} of {total} lines are malformed)"
+            )
+        log.warning("%s: skipped %d malformed lines (first: line %d)", path, len(malformed), number)
     return entries
 
 
@@ -605,6 +661,20 @@ def _missing_message(source: DataSource, key: dict[str, str], data_root: Path | 
     return f"{source.name} ({what}): {looked}; expected layout: {source.layout}; {reason}"
 
 
+def _read_local(source: DataSource, key: dict[str, str], paths: list[Path]) -> Any:
+    """The local files parsed by the source's reader; a file with no example is an error (a
+    trial would otherwise train or score on nothing), naming the file and the language."""
+    examples = source.read_local(paths, **key)
+    if not examples:
+        what = " ".join(f"{k}={v}" for k, v in key.items())
+        files = " and ".join(str(p) for p in paths)
+        raise DataSourceError(f"{files}: no {_EXAMPLE_NAMES[source.role]} in it ({source.name} {what})")
+    return examples
+
+
+_EXAMPLE_NAMES = {"task": "example", "parallel": "sentence pair", "dictionary": "dictionary entry"}
+
+
 def load_source(
     source: DataSource,
     key: dict[str, str],
@@ -620,7 +690,7 @@ def load_source(
     relative = source.relative_paths(**key)
     data_root = resolve_data_dir(data_dir)
     if data_root is not None and all((data_root / r).is_file() for r in relative):
-        return source.read_local([data_root / r for r in relative], **key)
+        return _read_local(source, key, [data_root / r for r in relative])
     if source.fetch is None:
         raise DataSourceError(_missing_message(source, key, data_root, "no remote source for it"))
     extension, save, load = _SERIALISERS[source.role]
@@ -641,6 +711,16 @@ def load_source(
             raise DataSourceError(_missing_message(source, key, data_root, reason)) from error
 
     return cached(path, fetch, save, load)
+
+
+def local_source_files(source: DataSource, key: dict[str, str], data_dir: str | Path | None = None) -> list[Path]:
+    """The local files `load_source` reads for `key`, resolved; empty when it would use a download
+    (whose cache name carries the source's version). Cache keys hash these files' content."""
+    relative = source.relative_paths(**key)
+    data_root = resolve_data_dir(data_dir)
+    if data_root is None or not all((data_root / r).is_file() for r in relative):
+        return []
+    return [(data_root / r).resolve() for r in relative]
 
 
 # --- public loaders ------------------------------------------------------------------------------
@@ -812,6 +892,39 @@ def describe_missing(
         if _availability(need, data_root, cache_root) == "missing":
             reason = "no remote source for it" if need.source.fetch is None else _offline_reason()
             lines.append(_missing_message(need.source, need.key_dict, data_root, reason))
+    return lines
+
+
+def describe_unreadable(
+    kind: str,
+    name: str,
+    langs: Iterable[str],
+    data_dir: str | Path | None = None,
+    already_read: set[Path] | None = None,
+) -> list[str]:
+    """One line per required local file that its reader rejects (bad column counts, labels,
+    encoding, no example...): every local file is read whole, so that a bad file is found before
+    the sweep rather than in its trials. Files in `already_read` are skipped and the files read
+    are added to it. Names that `describe_missing` reports (unknown corpus...) give no line here.
+    Nothing is cached."""
+    try:
+        needs = required_data(kind, name, langs, data_dir)
+    except ValueError:
+        return []
+    data_root = resolve_data_dir(data_dir)
+    if data_root is None:
+        return []
+    done = already_read if already_read is not None else set()
+    lines = []
+    for need in needs:
+        paths = [data_root / r for r in need.source.relative_paths(**need.key_dict)]
+        if not all(p.is_file() for p in paths) or all(p in done for p in paths):
+            continue
+        done.update(paths)
+        try:
+            _read_local(need.source, need.key_dict, paths)
+        except ValueError as error:  # DataSourceError included
+            lines.append(" ".join(str(error).split()))
     return lines
 
 

@@ -2,23 +2,51 @@
 
 The paper represents a word by its first subword (PAPER-NOTES, "A word's vector is its first
 subword"), and puts a token-classification label on the first subword only, the other subwords
-getting the ignore index. XLM-R-style tokenizers may emit a lone "▁" piece in front of a word
-(e.g. before punctuation); that piece carries no information about the word, so it is skipped
-and the next piece counts as the first subword.
+getting the ignore index.
 
-Everything after tokenisation is vectorised: a word is located by a `scatter_reduce` over the
-flattened token grid, never by a Python loop over words.
+Lone "▁" pieces. XLM-R's sentencepiece tokenizer emits a lone "▁" in front of many words (40% of
+the tokens of the Chinese UD test set with e5-small's tokenizer, 6% of the English one). The
+reference code deletes these ids from the model's input whenever the tokenizer is XLM-R's
+(`LabelAlignmentMapper` in datasets/label_alignment.py, `AdaptAlignmentToTokenizerMapper` in
+datasets/realignment_dataset.py and realignment_task.py: `isinstance(tokenizer,
+(XLMRobertaTokenizer, XLMRobertaTokenizerFast))`), so the next piece becomes the word's first
+subword. We apply the same test to the tokenizer, not to the model: e5-small is a BERT model whose
+tokenizer_config.json names XLMRobertaTokenizerFast, so it loads as XLM-R's tokenizer and its lone
+pieces are deleted, as they would have been by the reference. With `keep_lone_prefix=True` (or a
+tokenizer of another class that has a "▁" piece) the pieces stay in the input and are only skipped
+when locating a word's first subword. A lone "▁" is never a word's only piece (the Metaspace
+pre-tokenizer attaches it to the word's first characters; a word that normalises to nothing has no
+piece at all), so deleting it never leaves a word without a subword.
+
+Length. The reference truncates first and deletes afterwards, so the room the deletion frees is
+lost; here sentences are tokenised whole, the lone pieces deleted, and only then truncated to
+`max_length` (special tokens included) or, with `windows=True`, cut into several rows of at most
+`max_length` tokens each, every row with the special tokens, at word boundaries, so that every
+word lies in exactly one row (the reference's overflow windows, `return_overflowing_tokens` with
+stride 0, cut at a subword and label a straddling word twice).
+
+Everything after tokenisation is vectorised: rows are compacted with a cumulative-sum scatter and a
+word is located by a `scatter_reduce` over the flattened token grid, never by a Python loop over
+words; the only loop is over the windows of the (few) sentences longer than a window.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
+import transformers
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # the label value cross-entropy ignores (torch's default)
 LONE_PREFIX_PIECES = ("▁",)  # sentencepiece word-boundary marker alone in a token
+# The reference's test for deleting lone pieces (datasets/label_alignment.py). In transformers 5
+# the two names are one class; both are looked up so that older versions work the same.
+XLMR_TOKENIZER_CLASSES: tuple[type, ...] = tuple(
+    cls for cls in (getattr(transformers, name, None) for name in ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast"))
+    if isinstance(cls, type)
+)
 Pooling = Literal["first", "mean"]
 POOLINGS: tuple[str, ...] = ("first", "mean")
 
@@ -27,19 +55,26 @@ POOLINGS: tuple[str, ...] = ("first", "mean")
 class EncodedWords:
     """A tokenised batch of pre-segmented sentences plus the word <-> token maps.
 
-    `token_word[b, t]` is the index of the word that token t of sentence b belongs to, or -1 for
-    special tokens, padding, skipped lone "▁" pieces and second-segment tokens.
-    `first_subword[b, w]` is the position of word w's first subword in sentence b, or -1 if the
-    word is absent (sentence shorter, or truncated away by `max_length`).
+    Row b holds (part of) sentence `sentence[b]`; without windows row b is sentence b. Word indexes
+    are those of the whole sentence, also in a window that starts mid-sentence.
+    `token_word[b, t]` is the index of the word that token t of row b belongs to, or -1 for
+    special tokens, padding, kept lone "▁" pieces and second-segment tokens.
+    `first_subword[b, w]` is the position of word w's first subword in row b, or -1 if the word
+    is absent (sentence shorter, truncated away by `max_length`, or in another window).
     """
 
     inputs: dict[str, torch.Tensor]
     token_word: torch.Tensor  # (B, T) long
     first_subword: torch.Tensor  # (B, W) long
+    sentence: torch.Tensor | None = None  # (B,) long: the input sentence of each row
+
+    def __post_init__(self) -> None:
+        if self.sentence is None:
+            self.sentence = torch.arange(self.token_word.shape[0])
 
     @property
     def word_mask(self) -> torch.Tensor:
-        """(B, W) bool: the word has at least one subword inside the batch."""
+        """(B, W) bool: the word has at least one subword inside the row."""
         return self.first_subword >= 0
 
     def to(self, device: torch.device | str) -> "EncodedWords":
@@ -47,6 +82,7 @@ class EncodedWords:
             inputs={k: v.to(device) for k, v in self.inputs.items()},
             token_word=self.token_word.to(device),
             first_subword=self.first_subword.to(device),
+            sentence=self.sentence.to(device),
         )
 
 
@@ -58,40 +94,156 @@ def lone_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
+def removes_lone_prefix(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether lone "▁" ids are deleted from this tokenizer's input (XLM-R's tokenizer; module docstring)."""
+    return isinstance(tokenizer, XLMR_TOKENIZER_CLASSES) and bool(lone_prefix_ids(tokenizer))
+
+
 def encode_words(
     tokenizer: PreTrainedTokenizerBase,
     sentences: Sequence[Sequence[str]],
-    max_length: int,
+    max_length: int | None,
     second_segments: Sequence[Sequence[str]] | None = None,
+    *,
+    keep_lone_prefix: bool = False,
+    windows: bool = False,
 ) -> EncodedWords:
-    """Tokenise pre-segmented sentences (dynamic padding to the longest in the batch).
+    """Tokenise pre-segmented sentences (dynamic padding to the longest row, padding on the right).
 
-    `second_segments`, if given, are encoded as the pair segment (NLI-style); word maps refer to
-    the first segment only.
+    `max_length`: tokens per row, special tokens included (None: the tokenizer's limit). Lone "▁"
+    pieces of XLM-R's tokenizer are deleted first unless `keep_lone_prefix` (module docstring).
+    Without `windows` a longer sentence is truncated (words beyond have no subword); with it, it
+    becomes several consecutive rows cut at word boundaries (`EncodedWords.sentence` says whose).
+    `second_segments`, if given, are encoded as the pair segment (NLI-style), truncated by the
+    tokenizer (longest first) before deletion; word maps refer to the first segment only.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer: word_ids() is needed")
+    if windows and second_segments is not None:
+        raise ValueError("encode_words: windows apply to single sentences, not to sentence pairs")
+    limit = _length_limit(tokenizer, max_length)
+    n_words = max((len(s) for s in sentences), default=0)
+    if not sentences:
+        empty = torch.zeros(0, 0, dtype=torch.long)
+        return EncodedWords({"input_ids": empty, "attention_mask": empty}, empty, torch.zeros(0, n_words, dtype=torch.long))
+    pair = second_segments is not None
     batch = tokenizer(
         [list(s) for s in sentences],
-        [list(s) for s in second_segments] if second_segments is not None else None,
+        [list(s) for s in second_segments] if pair else None,
         is_split_into_words=True,
-        truncation=True,
-        max_length=max_length,
+        truncation="longest_first" if pair and limit is not None else False,
+        max_length=limit if pair else None,
         padding=True,
         return_tensors="pt",
+        verbose=False,  # whole sentences may exceed the model's limit: they are cut below
     )
-    n_sentences, n_tokens = batch["input_ids"].shape
-    word_ids = torch.full((n_sentences, n_tokens), -1, dtype=torch.long)
-    for row in range(n_sentences):  # word_ids() is a per-sentence Python list from the tokenizer
-        ids = batch.word_ids(row)
-        seq = batch.sequence_ids(row)
-        word_ids[row] = torch.tensor([w if (w is not None and s == 0) else -1 for w, s in zip(ids, seq)])
-    lone = torch.isin(batch["input_ids"], torch.tensor(lone_prefix_ids(tokenizer), dtype=torch.long))
-    token_word = word_ids.masked_fill(lone, -1)
-    n_words = max((len(s) for s in sentences), default=0)
+    n_rows = batch["input_ids"].shape[0]
+    attention = batch["attention_mask"].bool()
+    raw_word = _index_grid([batch.word_ids(row) for row in range(n_rows)])  # -1: special or padding
+    in_word = attention & (raw_word >= 0)
+    first_segment = in_word
+    if pair:
+        first_segment = in_word & (_index_grid([batch.sequence_ids(row) for row in range(n_rows)]) == 0)
+
+    lone = in_word & torch.isin(batch["input_ids"], torch.tensor(lone_prefix_ids(tokenizer), dtype=torch.long))
+    delete = lone if (not keep_lone_prefix and removes_lone_prefix(tokenizer)) else torch.zeros_like(lone)
+    keep = attention & ~delete
+    content = keep & in_word
+    special = keep & ~in_word
+
+    if pair or limit is None:
+        token_window = torch.where(content, 0, -1)
+    else:
+        budget = limit - special.sum(1)  # word tokens a row can hold
+        if bool((budget < 1).any()):
+            raise ValueError(f"max_length={limit} leaves no room for a word after the special tokens")
+        token_window = _token_windows(content, raw_word, n_words, budget, windows)
+
+    # One output row per (sentence, window); windows of a sentence in word order.
+    n_windows = (token_window.max(1).values + 1).clamp(min=1)
+    sentence = torch.repeat_interleave(torch.arange(n_rows), n_windows)
+    window = torch.arange(len(sentence)) - torch.repeat_interleave(torch.cumsum(n_windows, 0) - n_windows, n_windows)
+    select = special[sentence] | (token_window[sentence] == window.unsqueeze(1))
+    token_word = torch.where(first_segment & ~lone, raw_word, -1)[sentence]
+    pad_values = {"input_ids": int(tokenizer.pad_token_id), "token_type_ids": int(tokenizer.pad_token_type_id)}
+    inputs = {
+        name: _compact(values[sentence], select, pad_values.get(name, 0))
+        for name, values in batch.items()
+        if name != "attention_mask"
+    }
+    lengths = select.sum(1)
+    inputs["attention_mask"] = (torch.arange(int(lengths.max())) < lengths.unsqueeze(1)).long()
+    token_word = _compact(token_word, select, -1)
     first_subword = _first_token_of_each_word(token_word, n_words)
-    inputs = {k: v for k, v in batch.items()}
-    return EncodedWords(inputs=inputs, token_word=token_word, first_subword=first_subword)
+    return EncodedWords(inputs=inputs, token_word=token_word, first_subword=first_subword, sentence=sentence)
+
+
+def _length_limit(tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> int | None:
+    """The row length limit: `max_length`, else the tokenizer's own (None if it has no real one)."""
+    limit = max_length if max_length is not None else getattr(tokenizer, "model_max_length", None)
+    if limit is not None and limit >= VERY_LARGE_LIMIT:  # transformers' "no limit" sentinel is 1e30
+        return None
+    if limit is not None and limit < 1:
+        raise ValueError(f"max_length={limit} must be >= 1")
+    return int(limit) if limit is not None else None
+
+
+VERY_LARGE_LIMIT = 10**9
+
+
+def _index_grid(rows: Sequence[Sequence[int | None]]) -> torch.Tensor:
+    """(B, T) long from equal-length lists of ids or None (None -> -1), converted in one call."""
+    grid = np.array(rows, dtype=np.float64)  # None becomes NaN
+    return torch.from_numpy(np.nan_to_num(grid, nan=-1.0).astype(np.int64))
+
+
+def _token_windows(
+    content: torch.Tensor, word: torch.Tensor, n_words: int, budget: torch.Tensor, windows: bool
+) -> torch.Tensor:
+    """(B, T) window index of each kept word token, -1 for the others and for tokens cut off.
+
+    Truncation: one window, the first `budget[b]` word tokens (a word may be cut, as by the
+    tokenizer's own truncation). Windows: greedy packing of whole words, each window as full as
+    the next word allows; a single word longer than a window is alone in its window, cut.
+    """
+    n_rows = content.shape[0]
+    width = max(n_words, 1)
+    rank = torch.cumsum(content.long(), 1) - 1  # position among the row's word tokens
+    word_window = torch.zeros(n_rows, width, dtype=torch.long)
+    window_start = torch.zeros(n_rows, width, dtype=torch.long)  # rank of its window's first token
+    if windows:
+        pieces = torch.zeros(n_rows, width, dtype=torch.long)
+        pieces.scatter_add_(1, word.clamp(min=0), content.long())
+        totals = pieces.sum(1)
+        for row in torch.nonzero(totals > budget).squeeze(1).tolist():
+            ends = np.cumsum(pieces[row].numpy())  # token rank just past each word
+            word_window[row], window_start[row] = _pack_words(ends, int(budget[row]))
+    column = word.clamp(min=0)
+    position = rank - window_start.gather(1, column)
+    fits = content & (position < budget.unsqueeze(1))
+    return torch.where(fits, word_window.gather(1, column), -1)
+
+
+def _pack_words(ends: np.ndarray, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy windows over words with cumulative token ends `ends`: (window, window start) per word."""
+    window = np.zeros(len(ends), dtype=np.int64)
+    start = np.zeros(len(ends), dtype=np.int64)
+    first, offset, index = 0, 0, 0
+    while first < len(ends):  # one iteration per window, not per word
+        stop = max(int(np.searchsorted(ends, offset + budget, side="right")), first + 1)
+        window[first:stop], start[first:stop] = index, offset
+        offset, first, index = int(ends[stop - 1]), stop, index + 1
+    return torch.from_numpy(window), torch.from_numpy(start)
+
+
+def _compact(values: torch.Tensor, select: torch.Tensor, fill: int) -> torch.Tensor:
+    """Each row's selected entries moved to its front, in order, the rest `fill` (re-padding)."""
+    width = int(select.sum(1).max()) if select.numel() else 0
+    out = torch.full((values.shape[0], width), fill, dtype=values.dtype)
+    rows, _ = torch.nonzero(select, as_tuple=True)
+    target = (torch.cumsum(select.long(), 1) - 1)[select]
+    out[rows, target] = values[select]
+    return out
 
 
 def _first_token_of_each_word(token_word: torch.Tensor, n_words: int) -> torch.Tensor:

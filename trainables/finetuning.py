@@ -1,13 +1,26 @@
 """Fine-tuning (optionally with joint realignment), sequential realignment, evaluation, CTL.
 
-Optimisation follows App. B.3 (Wu & Dredze's setup): AdamW at `learning_rate`, `weight_decay`
-(biases and norms excluded, the usual convention), gradient clipping at `max_grad_norm`, batch
-`batch_size` (32) reached by accumulating `micro_batch_size` forward passes, `epochs` epochs,
-learning rate linearly warmed up over `warmup_ratio` of the *optimizer* steps then linearly decayed
-to 0 (the reference code counted micro-batches with a hard-coded 5 epochs; PAPER-NOTES).
+Optimisation follows App. B.3 (Wu & Dredze's setup): Adam at `learning_rate` (torch's AdamW,
+which with the default `weight_decay` 0 is exactly the reference's Adam, betas (0.9, 0.999), eps
+1e-8; a nonzero decay skips biases and norms, the usual convention), batch `batch_size` (32)
+reached by accumulating `micro_batch_size` forward passes, `epochs` epochs, learning rate linearly
+warmed up over `warmup_ratio` of the *optimizer* steps then linearly decayed to 0. No gradient
+clipping: neither the paper nor the reference clips; `max_grad_norm` None (the default) or 0 means
+none, a positive value clips the global norm of every optimised parameter (fine-tuning and
+realignment alike).
 
 Step counting: an epoch of n examples is ceil(n / batch_size) optimizer steps; the last, partial
-batch of an epoch counts as one step. Warm-up is ceil(warmup_ratio * total) steps.
+batch of an epoch counts as one step. Warm-up is ceil(warmup_ratio * total) steps. With
+`schedule_micro_batch_size` = k the schedule is the reference's instead
+(training_loops.realignment_training_loop): sized in m = ceil(n / k) micro-batches per epoch
+with 5 epochs hard-coded, warm-up int(warmup_ratio * 5 * m) and zero at 5 * m, while the
+scheduler still steps once per optimizer step; with accumulation or fewer than 5 epochs the run
+ends before the learning rate reaches 0 (or before its warm-up ends).
+
+A loss that is not finite stops the run at once with `NonFiniteLossError` (phase, optimizer step,
+epoch, value), before the optimizer applies it: a diverged run cannot recover and would only
+waste its remaining steps. The check reads the step's accumulated loss once per optimizer step
+(one device synchronisation a step, none per micro-batch).
 
 Loss of an optimizer step: the mean of its micro-batch losses weighted by their example counts
 (equal weights when micro-batches are full), which with batch_size == micro_batch_size is exactly
@@ -35,6 +48,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainables.encoding import IGNORE_INDEX
+from trainables.errors import NonFiniteLossError
 from trainables.realignment import Realigner
 from trainables.runtime import autocast, eval_mode, resolve_device, seed_everything
 from trainables.settings import Settings
@@ -44,6 +58,10 @@ StepCallback = Callable[[dict[str, Any]], None]
 StateCallback = Callable[[dict[str, Any]], None]
 FINETUNE_PHASE = "finetune"
 REALIGN_PHASE = "realign"
+REALIGN_SCHEDULES = ("linear", "constant")
+# The reference sized its fine-tuning schedule for 5 epochs whatever the number of epochs
+# (training_loops.realignment_training_loop: `len(task_dataloader) * 5`).
+CODE_SCHEDULE_EPOCHS = 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,7 +78,28 @@ def schedule_steps(n_examples: int, settings: Settings) -> tuple[int, int, int]:
         raise ValueError("no training example: cannot fine-tune on an empty set")
     per_epoch = math.ceil(n_examples / settings.batch_size)
     total = per_epoch * settings.epochs
+    code = _code_micro_batches(n_examples, settings)
+    if code is not None:
+        # the reference's own expression and rounding: int(0.1 * len(task_dataloader) * 5)
+        return per_epoch, total, int(settings.warmup_ratio * code * CODE_SCHEDULE_EPOCHS)
     return per_epoch, total, warmup_steps(total, settings)
+
+
+def decay_end_step(n_examples: int, settings: Settings) -> int:
+    """The optimizer step at which the learning rate reaches 0: the last one, or with
+    `schedule_micro_batch_size` the reference's 5 epochs of micro-batches (module docstring)."""
+    code = _code_micro_batches(n_examples, settings)
+    return schedule_steps(n_examples, settings)[1] if code is None else CODE_SCHEDULE_EPOCHS * code
+
+
+def _code_micro_batches(n_examples: int, settings: Settings) -> int | None:
+    """Micro-batches per epoch as the reference's schedule counted them, None for ours."""
+    k = settings.schedule_micro_batch_size
+    if k is None:
+        return None
+    if k > settings.batch_size:
+        raise ValueError(f"setting schedule_micro_batch_size={k} must be <= batch_size={settings.batch_size}")
+    return math.ceil(n_examples / k)
 
 
 def warmup_steps(total_steps: int, settings: Settings) -> int:
@@ -103,8 +142,36 @@ def make_optimizer(parameters: Sequence[nn.Parameter], settings: Settings) -> to
     return torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fusable or None)
 
 
+class ConstantRate:
+    """LR factor 1 at every step: the reference's sequential realignment, plain Adam with no
+    scheduler (training_loops.realignment_training_loop, `before_optimizer`)."""
+
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LinearWarmupDecay(warmup, total))
+
+
+def _clip_gradients(parameters: Sequence[nn.Parameter], settings: Settings) -> None:
+    # None or 0: no clipping (the paper and the reference code do not clip).
+    if settings.max_grad_norm:
+        nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+
+
+def _check_finite(loss: torch.Tensor, where: str, parts: Mapping[str, torch.Tensor | None]) -> None:
+    """Raise NonFiniteLossError if `loss` is NaN or infinite (one device sync).
+
+    `where` names the phase and the step; `parts` are the losses summed into it (joint
+    realignment), shown in the message so that the failing one is visible.
+    """
+    loss = loss.detach()
+    if bool(torch.isfinite(loss)):
+        return
+    shown = ", ".join(f"{name} {float(value):g}" for name, value in parts.items() if value is not None)
+    raise NonFiniteLossError(f"{where}: the loss is {float(loss):g}{f' ({shown})' if shown else ''}; the run"
+                             " diverged (learning_rate too high for this model?)")
 
 
 def optimizer_batches(lengths: np.ndarray, settings: Settings, seed: int, epoch: int) -> list[np.ndarray]:
@@ -241,10 +308,11 @@ def fine_tune(
     device = resolve_device(settings)
     model.to(device)
     per_epoch, total, warmup = schedule_steps(len(features), settings)
-    schedule = {"steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": warmup}
+    decay_end = decay_end_step(len(features), settings)
+    schedule = {"steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": warmup, "decay_end": decay_end}
     parameters = list(model.parameters()) + (realign.parameters() if realign is not None else [])
     optimizer = make_optimizer(parameters, settings)
-    scheduler = make_scheduler(optimizer, warmup, total)
+    scheduler = make_scheduler(optimizer, warmup, decay_end)
     if state:
         _resume(state, FINETUNE_PHASE, model, optimizer, scheduler, realign, schedule)
         epoch, step = int(state["epoch"]), int(state["step"])
@@ -267,18 +335,21 @@ def fine_tune(
                 loss.backward()
                 task_loss += loss.detach()
             realign_loss = None
+            total_loss = task_loss
             if realign is not None:
                 realign_loss = realign()  # one realignment batch per optimizer step (App. A)
                 (settings.joint_weight * realign_loss).backward()
                 realign_loss = realign_loss.detach()
-            if settings.max_grad_norm:
-                nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+                total_loss = task_loss + settings.joint_weight * realign_loss
+            parts = {} if realign is None else {"task loss": task_loss, "realignment loss": realign_loss}
+            _check_finite(total_loss, f"fine-tuning, optimizer step {step + 1} of {total} (epoch {epoch + 1} of"
+                          f" {settings.epochs})", parts)
+            _clip_gradients(parameters, settings)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if on_step is not None:
-                total_loss = task_loss if realign_loss is None else task_loss + settings.joint_weight * realign_loss
                 on_step({
                     "phase": FINETUNE_PHASE, "epoch": epoch, "step": step, "lr": lr,
                     "tokens": int(features.lengths[indices].sum()),
@@ -315,23 +386,31 @@ def realign_sequentially(
 ) -> dict[str, Any]:
     """Realignment alone for `steps` optimizer steps, before fine-tuning. Returns the final state.
 
-    Same optimizer settings and schedule shape as fine-tuning (App. B.3): AdamW, warm-up over
-    `warmup_ratio` of `steps`, linear decay. Only the encoder (`model.base_model`, which
+    Same optimizer and learning rate as fine-tuning (App. B.3: "the same learning rate and
+    schedule as for fine-tuning"). `realign_schedule` "linear" (the paper): warm-up over
+    `warmup_ratio` of `steps`, linear decay to 0; "constant" (the reference code): `learning_rate`
+    at every step, no warm-up nor decay. The loss is Eq. 2 unweighted (`joint_weight` is for joint
+    realignment only, as in the reference). Only the encoder (`model.base_model`, which
     `realigner` must wrap) and the projection head are optimised; the optimizer is discarded
     afterwards, fine-tuning starts its own. `on_checkpoint(state)` is called every
     `checkpoint_every` steps (if given) and at the end; `state` resumes from any of those.
     """
     if steps < 0:
         raise ValueError(f"setting realign_steps={steps} must be >= 0")
+    if settings.realign_schedule not in REALIGN_SCHEDULES:
+        raise ValueError(f"setting realign_schedule={settings.realign_schedule!r}: valid are "
+                         f"{', '.join(map(repr, REALIGN_SCHEDULES))}")
     if realigner.encoder is not model.base_model:
         raise ValueError("realign_sequentially: the realigner must wrap model.base_model")
     device = resolve_device(settings)
     model.to(device)
-    warmup = warmup_steps(steps, settings)
-    schedule = {"total_steps": steps, "warmup_steps": warmup}
+    constant = settings.realign_schedule == "constant"
+    warmup = 0 if constant else warmup_steps(steps, settings)
+    schedule = {"total_steps": steps, "warmup_steps": warmup, "schedule": settings.realign_schedule}
     parameters = list(model.base_model.parameters()) + realigner.parameters()
     optimizer = make_optimizer(parameters, settings)
-    scheduler = make_scheduler(optimizer, warmup, steps)
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, ConstantRate()) if constant
+                 else make_scheduler(optimizer, warmup, steps))
     if state:
         _resume(state, REALIGN_PHASE, model, optimizer, scheduler, realigner, schedule)
         step = int(state["step"])
@@ -344,9 +423,9 @@ def realign_sequentially(
     while step < steps:
         lr = scheduler.get_last_lr()[0]
         loss = realigner()
+        _check_finite(loss, f"sequential realignment, optimizer step {step + 1} of {steps}", {})
         loss.backward()
-        if settings.max_grad_norm:
-            nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+        _clip_gradients(parameters, settings)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -374,7 +453,11 @@ def predict(
 ) -> tuple[list[list[str]], list[list[str]]]:
     """(gold, predicted) label strings per example, in example order (one label per NLI example).
 
-    Batched by `eval_batch_size`, longest examples first (little padding), in eval mode on the
+    Token tasks: one label per word, in word order; a sentence featurised as several windows
+    (`long_sentences="windows"`) is stitched back from its windows, each word scored in the one
+    window that labels it, so the metric (seqeval for NER) sees whole sentences. With
+    `long_sentences="truncate"` the words cut off are missing from both lists.
+    Batched by `eval_batch_size`, longest rows first (little padding), in eval mode on the
     model's device; predictions are brought back to the host once, at the end.
     """
     task = get_task(task)
@@ -390,21 +473,31 @@ def predict(
             inputs = features.collate(indices)
             inputs.pop("labels")
             argmaxes.append(model(**_to_device(inputs, device)).logits.argmax(-1))
-    gold: list[list[str]] = [[] for _ in range(len(features))]
-    predicted: list[list[str]] = [[] for _ in range(len(features))]
     names = task.labels
+    if features.kind != "token":
+        predicted_rows = torch.empty(len(features), dtype=torch.long)
+        for indices, argmax in zip(batches, argmaxes):
+            predicted_rows[torch.from_numpy(indices)] = argmax.cpu()
+        gold = [[names[j]] for j in features.labels.tolist()]
+        return gold, [[names[j]] for j in predicted_rows.tolist()]
+
+    # Scatter every row's predictions into the flat token layout of `features.labels`: rows are
+    # stored by example then window, so the labelled tokens come out in example and word order.
+    predicted_flat = torch.full_like(features.labels, IGNORE_INDEX)
     for indices, argmax in zip(batches, argmaxes):
         argmax = argmax.cpu()
-        for row, i in enumerate(indices):
-            labels = features.example_labels(int(i))
-            if features.kind == "token":
-                scored = labels != IGNORE_INDEX
-                gold_ids, predicted_ids = labels[scored], argmax[row, : len(labels)][scored]
-            else:
-                gold_ids, predicted_ids = labels.view(1), argmax[row].view(1)
-            gold[i] = [names[j] for j in gold_ids.tolist()]
-            predicted[i] = [names[j] for j in predicted_ids.tolist()]
-    return gold, predicted
+        columns = torch.arange(argmax.shape[1])
+        valid = columns < torch.from_numpy(features.lengths[indices]).unsqueeze(1)
+        positions = features.offsets[torch.from_numpy(indices)].unsqueeze(1) + columns
+        predicted_flat[positions[valid]] = argmax[valid]
+    scored = features.labels != IGNORE_INDEX
+    row_of_token = torch.repeat_interleave(torch.arange(len(features)), torch.from_numpy(features.lengths))
+    per_example = torch.bincount(features.example[row_of_token[scored]], minlength=features.n_examples)
+    bounds = [0, *torch.cumsum(per_example, 0).tolist()]
+    gold_names = [names[j] for j in features.labels[scored].tolist()]
+    predicted_names = [names[j] for j in predicted_flat[scored].tolist()]
+    gold = [gold_names[a:b] for a, b in zip(bounds, bounds[1:])]
+    return gold, [predicted_names[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def evaluate(
@@ -414,21 +507,31 @@ def evaluate(
     examples: Sequence[Mapping[str, Any]] | Features,
     settings: Settings,
 ) -> float:
-    """The task's metric (accuracy or entity F1, in [0, 1]) of `model` on `examples`."""
+    """The task's metric (accuracy or entity F1, in [0, 1]) of `model` on `examples`.
+
+    Predictions go through the task's `postprocess` hook first, if it has one (WikiANN: the
+    reference's IOB2 repair before seqeval, setting `ner_post_processing`); gold labels never do.
+    """
     task = get_task(task)
     gold, predicted = predict(model, tokenizer, task, examples, settings)
+    if task.postprocess is not None:
+        predicted = task.postprocess(predicted, settings)
     return task.metric(gold, predicted)
 
 
-def cross_lingual_transfer(scores: Mapping[str, float], source: str = "en") -> dict[str, float]:
-    """CTL of each target language: (m_tgt - m_src) / m_src (paper §3.1).
+def cross_lingual_transfer(
+    scores: Mapping[str, float], source: str = "en", reference: float | None = None
+) -> dict[str, float]:
+    """CTL of each target language: (m_tgt - m_src) / m_src (paper §3.1, Eq. 1).
 
-    A source score of 0 (nothing learned) leaves relative transfer undefined: NaN, which the
-    analysis drops, rather than an error that would fail the whole trial.
+    m_src is `reference` when given (the English dev-set score, setting ctl_reference_split="dev"),
+    else scores[source] (the English test set, as the reference code). A source score of 0
+    (nothing learned) leaves relative transfer undefined: NaN, which the analysis drops, rather
+    than an error that would fail the whole trial.
     """
     if source not in scores:
         raise ValueError(f"no score for the source language {source!r} (have {', '.join(scores) or 'none'})")
-    reference = scores[source]
+    reference = scores[source] if reference is None else reference
     if reference == 0:
         return {lang: float("nan") for lang in scores if lang != source}
     return {lang: (score - reference) / reference for lang, score in scores.items() if lang != source}

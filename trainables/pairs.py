@@ -9,13 +9,28 @@ Three pair sources share one interface (registry `PAIR_SOURCES`, name -> callabl
 - `awesome`: AWESOME-align's softmax extraction over a multilingual encoder.
 
 Every source keeps only one-to-one links (a word linked to several words is dropped with all its
-links) and drops pairs whose two words are spelled identically (ignoring case), which would make
-alignment trivially easy. The result is a DataFrame with columns `sentence`, `src_index`,
-`tgt_index` (int64; line index in the corpus as loaded, word indexes in the segmented lines) and
-`src_word`, `tgt_word` (str); English is always the source.
+links) and drops pairs whose two words are spelled identically, which would make alignment
+trivially easy. As in the reference code, "identically" is exact and case-sensitive: FastAlign
+and AWESOME links go through `get_pharaoh_dataset` (multilingual_eval/datasets/
+realignment_task.py: one-to-one first, then `left_tokens[a] == right_tokens[b]` dropped), and
+the dictionary drops its identical entries before matching (`get_dicos(ignore_identical=True)`,
+multilingual_eval/data.py). The setting `dico_lowercase=True` restores a case-insensitive
+dictionary rule (see `pairs_from_dictionary`). The result is a DataFrame with columns
+`sentence`, `src_index`, `tgt_index` (int64; line index in the corpus as loaded, word indexes in
+the segmented lines) and `src_word`, `tgt_word` (str); English is always the source.
+
+AWESOME's encoder defaults to AWESOME-align's fine-tuned aligner, not plain mBERT: the paper's
+code ran `awesome-align` with the `model_without_co` checkpoint (download_resources/
+awesome_align.sh), mBERT fine-tuned by Dou & Neubig on parallel data. That checkpoint is only
+published on Google Drive; the hub holds its sibling fine-tuned with the consistency objective
+as well, `aneuraz/awesome-align-with-co` (which the authors' earlier alignment study used,
+scripts/2022_ijcnn/word_level_alignment.py), so it is the default; the setting `awesome_model`
+takes any hub id or local folder, e.g. an unzipped `model_without_co`.
 
 `extract_pairs` loads a corpus, segments it and extracts pairs, caching the segmentation and the
-pairs as parquet files under the cache dir so that concurrent trials compute them once.
+pairs as parquet files under the cache dir so that concurrent trials compute them once. Their
+keys cover the corpus text, the dictionary files' content (dico) and the aligner model's files
+(awesome), not just their names.
 """
 from __future__ import annotations
 
@@ -37,8 +52,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainables.cache import cache_key, cached
-from trainables.data import Subset, load_dictionary, load_parallel, resolve_cache_dir
+from trainables.cache import cache_key, cached, file_fingerprint, model_fingerprint
+from trainables.data import (
+    Subset,
+    get_source,
+    load_dictionary,
+    load_parallel,
+    local_source_files,
+    resolve_cache_dir,
+)
 from trainables.segmentation import segment_corpus, segmentation_id
 from trainables.registry import lookup
 
@@ -48,14 +70,14 @@ if TYPE_CHECKING:  # torch and transformers are imported where used: the sweep d
 log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ("sentence", "src_index", "tgt_index", "src_word", "tgt_word")
-PAIRS_FORMAT_VERSION = "1"  # part of cache keys: bump when extraction changes its output
+PAIRS_FORMAT_VERSION = "2"  # part of cache keys: bump when extraction changes its output
 
 # AWESOME-align's defaults (Dou & Neubig 2021; the paper used them with `--extraction softmax`).
 AWESOME_LAYER = 8
 AWESOME_THRESHOLD = 1e-3
 AWESOME_BATCH_SIZE = 32  # sentence pairs per forward pass
 AWESOME_MAX_LENGTH = 512  # subwords per sentence, special tokens included; longer ones truncated
-DEFAULT_AWESOME_MODEL = "bert-base-multilingual-cased"  # AWESOME-align's base encoder
+DEFAULT_AWESOME_MODEL = "aneuraz/awesome-align-with-co"  # AWESOME's fine-tuned aligner (see above)
 
 # fast_align options of the paper's code: `fast_align -d -o -v` (diagonal favouring, optimised
 # diagonal tension, variational Bayes), 5 EM iterations (fast_align's default).
@@ -79,6 +101,7 @@ class PairContext:
     awesome_batch_size: int = AWESOME_BATCH_SIZE
     awesome_max_length: int = AWESOME_MAX_LENGTH
     device: str = "cpu"
+    dico_lowercase: bool = False  # False: the reference's case-sensitive rule (pairs_from_dictionary)
     fastalign_iterations: int = FASTALIGN_ITERATIONS
     fastalign_favor_diagonal: bool = True  # -d
     fastalign_optimize_tension: bool = True  # -o
@@ -86,7 +109,7 @@ class PairContext:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> "PairContext":
-        """From a `trainables.settings.Settings` (data_dir, cache_dir, awesome_*, device)."""
+        """From a `trainables.settings.Settings` (data_dir, cache_dir, dico_lowercase, awesome_*, device)."""
         device = getattr(settings, "device", "cpu")
         if device == "auto":
             import torch
@@ -98,16 +121,25 @@ class PairContext:
             awesome_model=settings.awesome_model,
             awesome_layer=settings.awesome_layer,
             awesome_threshold=settings.awesome_threshold,
+            dico_lowercase=settings.dico_lowercase,
             device=device,
         )
         values.update(overrides)
         return cls(**values)
 
-    def cache_parts(self, source: str) -> dict[str, Any]:
-        """The settings that change `source`'s output (device and batch size do not)."""
+    def cache_parts(self, source: str, lang: str) -> dict[str, Any]:
+        """What changes `source`'s output for en-`lang` besides the corpus: its settings and the
+        content of the files it reads (device and batch size change nothing)."""
+        if source == "dico":
+            muse = get_source("muse")
+            files = [f for key in ({"src": "en", "tgt": lang}, {"src": lang, "tgt": "en"})
+                     for f in local_source_files(muse, key, self.data_dir)]
+            # no local files: the downloads, named by the source's version
+            return dict(lowercase=self.dico_lowercase, dictionary=file_fingerprint(files), muse=muse.version)
         if source == "awesome":
             return dict(
                 model=self.awesome_model,
+                model_files=model_fingerprint(self.awesome_model),
                 layer=self.awesome_layer,
                 threshold=self.awesome_threshold,
                 max_length=self.awesome_max_length,
@@ -130,6 +162,19 @@ class AlignedCorpus:
     en_words: list[list[str]]
     x_words: list[list[str]]
     pairs: pd.DataFrame = field(repr=False)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short hash of the language, both segmented sides and the pairs: what a measurement
+        on this corpus depends on, for cache keys."""
+        digest = hashlib.sha256(self.lang.encode("utf-8") + b"\0")
+        for side in (self.en_words, self.x_words):
+            for words in side:
+                digest.update("\x1f".join(words).encode("utf-8") + b"\n")
+            digest.update(b"\0")
+        table = self.pairs[list(PAIR_COLUMNS)]
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+        return digest.hexdigest()[:16]
 
 
 # --- shared filters --------------------------------------------------------------------------------
@@ -154,11 +199,14 @@ def links_to_pairs(
     tgt_index: np.ndarray,
     en_words: list[list[str]],
     x_words: list[list[str]],
+    ignore_case: bool = False,
 ) -> pd.DataFrame:
     """Word links -> the pairs DataFrame: one-to-one links only, identical spellings dropped.
 
     One-to-one is decided on all links first, so that a word also linked to its identical twin
-    stays ambiguous rather than becoming one-to-one once the twin is dropped.
+    stays ambiguous rather than becoming one-to-one once the twin is dropped (the reference's
+    order, `get_pharaoh_dataset`). Identical means equal as written; `ignore_case` also drops
+    pairs that differ only in case ("Taxi" / "taxi").
     """
     links = pd.DataFrame(
         {
@@ -175,7 +223,8 @@ def links_to_pairs(
         tgt_word=pd.Series(tgt_word, index=links.index, dtype=str),
     )
     if len(pairs):
-        pairs = pairs[pairs["src_word"].str.casefold() != pairs["tgt_word"].str.casefold()]
+        src, tgt = pairs["src_word"], pairs["tgt_word"]
+        pairs = pairs[src.str.casefold() != tgt.str.casefold()] if ignore_case else pairs[src != tgt]
     return pairs.sort_values(["sentence", "src_index"]).reset_index(drop=True)[list(PAIR_COLUMNS)]
 
 
@@ -189,36 +238,55 @@ def _lowercased(dictionary: dict[str, frozenset[str]]) -> dict[str, set[str]]:
     return merged
 
 
+def _without_identical(dictionary: dict[str, frozenset[str]]) -> dict[str, set[str]]:
+    """Entries spelled the same in both languages removed (`get_dicos(ignore_identical=True)`)."""
+    return {word: set(translations) - {word} for word, translations in dictionary.items()}
+
+
 def pairs_from_dictionary(
     en_words: list[list[str]],
     x_words: list[list[str]],
     en_to_x: dict[str, frozenset[str]],
     x_to_en: dict[str, frozenset[str]],
+    lowercase: bool = False,
 ) -> pd.DataFrame:
     """Pairs found with a bilingual dictionary, every ambiguity discarded.
 
-    Words are looked up lowercased (MUSE is lowercase); pairs keep the words as written. For
-    English word e at position i of a sentence, (e, t) is a pair when:
+    For English word e at position i of a sentence, (e, t) is a pair when:
       1. exactly one translation t of e (en_to_x[e]) occurs in the target sentence;
       2. t occurs exactly once in the target sentence;
       3. exactly one position of the source sentence holds a word that translates to t
          (x_to_en[t]) - that position is i, so e occurs once and no other source word
          competes for t.
-    This is the paper's code's rule (PAPER-NOTES; `generate_pairs` in its
-    contextualized_pairs.py), with both dictionary directions: pass en_to_x built from the en-X
-    file plus the inverted X-en file, and x_to_en from X-en plus inverted en-X (what
-    `load_dictionary` returns). Rule 3 counts source positions, so a repeated English word is
-    dropped even when the dictionaries are not symmetric. The code used en-X for both (its
-    X-en download fetched en-X). Identical spellings are then dropped like in every source.
+    This is the reference's rule (`DatasetMapperForRealignment.find_aligned_words`,
+    multilingual_eval/datasets/realignment_dataset.py), with both dictionary directions: pass
+    en_to_x built from the en-X file plus the inverted X-en file, and x_to_en from X-en plus
+    inverted en-X (what `load_dictionary` returns, and what `get_dicos` builds). Rule 3 counts
+    source positions, so a repeated English word is dropped even when the dictionaries are not
+    symmetric. (The reference's download_resources/muse_dictionaries.sh saved en-X under the X-en
+    name as well, so its maps held en-X entries only; here X-en is its own file.)
+
+    By default (the reference, `get_dicos(ignore_identical=True, tokenize=False)`) entries
+    spelled the same in both languages are removed before matching, so that "taxi" -> {"taxi",
+    "coche"} becomes the unambiguous "taxi" -> {"coche"}, and words are looked up as written,
+    case-sensitive: MUSE is lowercase, so a capitalised "The" finds no translation. With
+    `lowercase` (setting `dico_lowercase`), words are looked up lowercased and identical pairs
+    (ignoring case) are dropped after matching, so an identical entry still makes its word
+    ambiguous. Pairs keep the words as written either way.
     """
-    forward, backward = _lowercased(en_to_x), _lowercased(x_to_en)
+    if lowercase:
+        forward, backward = _lowercased(en_to_x), _lowercased(x_to_en)
+        fold = str.lower
+    else:
+        forward, backward = _without_identical(en_to_x), _without_identical(x_to_en)
+        fold = str  # as written
     sentence, src_index, tgt_index = [], [], []
     for number, (en, x) in enumerate(zip(en_words, x_words)):
-        en_lower = [word.lower() for word in en]
+        en_keys = [fold(word) for word in en]
         x_positions: dict[str, list[int]] = {}
         for j, word in enumerate(x):
-            x_positions.setdefault(word.lower(), []).append(j)
-        for i, word in enumerate(en_lower):
+            x_positions.setdefault(fold(word), []).append(j)
+        for i, word in enumerate(en_keys):
             present = [t for t in forward.get(word, ()) if t in x_positions]
             if len(present) != 1:
                 continue  # no translation in the sentence, or several: ambiguous
@@ -226,18 +294,19 @@ def pairs_from_dictionary(
             if len(positions) != 1:
                 continue  # the translation occurs several times
             back = backward.get(present[0], set())
-            if sum(other in back for other in en_lower) != 1 or word not in back:
+            if sum(other in back for other in en_keys) != 1 or word not in back:
                 continue  # another source word (or a repeat of this one) translates to it
             sentence.append(number)
             src_index.append(i)
             tgt_index.append(positions[0])
-    return links_to_pairs(np.array(sentence), np.array(src_index), np.array(tgt_index), en_words, x_words)
+    return links_to_pairs(np.array(sentence), np.array(src_index), np.array(tgt_index), en_words, x_words,
+                          ignore_case=lowercase)
 
 
 def dico_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
     en_to_x = load_dictionary("en", lang, context.data_dir, context.cache_dir)
     x_to_en = load_dictionary(lang, "en", context.data_dir, context.cache_dir)
-    return pairs_from_dictionary(en_words, x_words, en_to_x, x_to_en)
+    return pairs_from_dictionary(en_words, x_words, en_to_x, x_to_en, lowercase=context.dico_lowercase)
 
 
 # --- fastalign ---------------------------------------------------------------------------------------
@@ -468,7 +537,8 @@ def extract_pairs(
 
     Explicit `data_dir` / `cache_dir` take precedence over the context's. Cache files live under
     `<cache dir>/pairs/` and are keyed by corpus, language, subset, segmentation, the corpus
-    text itself (a hash) and, for pairs, the source and its settings.
+    text itself (a hash) and, for pairs, the source, its settings and the content of the files
+    it reads (`PairContext.cache_parts`).
     """
     pair_source = get_pair_source(source)
     context = context or PairContext()
@@ -490,7 +560,8 @@ def extract_pairs(
         _save_segmented,
         _load_segmented,
     )
-    pairs_key = cache_key(**base, source=source, settings=context.cache_parts(source), version=PAIRS_FORMAT_VERSION)
+    pairs_key = cache_key(**base, source=source, settings=context.cache_parts(source, lang),
+                          version=PAIRS_FORMAT_VERSION)
     pairs = cached(
         folder / f"{stem}-{source}-{pairs_key}.parquet",
         lambda: pair_source(en_words, x_words, lang, context),

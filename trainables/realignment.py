@@ -245,14 +245,22 @@ def realignment_step_loss(
     tokenizer: PreTrainedTokenizerBase,
     settings: Settings,
     device: torch.device,
+    counts: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Eq. 2 for one batch: both sides encoded in one forward pass, words pooled at `realign_layer`.
 
-    Pairs whose word was truncated away by `realign_max_length` are dropped. All index arithmetic
-    happens on CPU before the transfer, so the step has no device-to-host synchronisation.
+    Each sentence is truncated to `realign_max_length` subwords (96, the reference's
+    scripts/2023_acl/controlled_realignment.py; each side alone, as its
+    `AdaptAlignmentToTokenizerMapper`), after XLM-R's lone "▁" pieces are deleted (as there;
+    `keep_lone_prefix`). Pairs whose word was truncated away are dropped; `counts`, if given,
+    accumulates "pairs" (extracted pairs seen) and "pairs_dropped" (lost to the limit), so that the
+    loss can be reported. All index arithmetic happens on CPU before the transfer, so the step has
+    no device-to-host synchronisation.
     """
     n_sentence_pairs = len(batch)
-    encoded = encode_words(tokenizer, batch.en_words + batch.x_words, settings.realign_max_length)
+    encoded = encode_words(
+        tokenizer, batch.en_words + batch.x_words, settings.realign_max_length, keep_lone_prefix=settings.keep_lone_prefix
+    )
     n_words = encoded.first_subword.shape[1]
     present = encoded.word_mask.flatten()  # (2B * n_words,) over word slots (sentence, word)
     compact = torch.cumsum(present.long(), 0) - 1  # slot -> row of the word in H
@@ -260,6 +268,9 @@ def realignment_step_loss(
     src_slot = sentence * n_words + src
     tgt_slot = (sentence + n_sentence_pairs) * n_words + tgt
     kept = present[src_slot] & present[tgt_slot]
+    if counts is not None:
+        counts["pairs"] = counts.get("pairs", 0) + len(kept)
+        counts["pairs_dropped"] = counts.get("pairs_dropped", 0) + int((~kept).sum())
     pair_rows = torch.stack((compact[src_slot[kept]], compact[tgt_slot[kept]]), dim=1)
     word_slots = torch.nonzero(present).squeeze(1)
 

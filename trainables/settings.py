@@ -8,10 +8,235 @@ the published numbers can be matched too.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Mapping
 
-from trainables.registry import did_you_mean
+from trainables.errors import TrialInputError
+from trainables.registry import did_you_mean, unknown_name
+
+
+# --- what each setting accepts ---------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A value a rule rejects; `reason` replaces the rule's "expected ..." when given."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values one setting accepts: `valid` says it in words, `convert` returns the normalised
+    value or raises `_Invalid`."""
+
+    valid: str
+    convert: Callable[[Any], Any]
+
+
+def _whole_number(value: Any) -> int:
+    # bool is an int subclass: True must not pass for epochs=1.
+    if isinstance(value, bool):
+        raise _Invalid()
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _Invalid()
+
+
+def _real_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise _Invalid()
+    return float(value)
+
+
+def _bounded(convert: Callable[[Any], Any], low: float | None, high: float | None,
+             low_open: bool, high_open: bool) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        number = convert(value)
+        if low is not None and (number <= low if low_open else number < low):
+            raise _Invalid()
+        if high is not None and (number >= high if high_open else number > high):
+            raise _Invalid()
+        return value if number == value and type(number) is type(value) else number
+
+    return check
+
+
+def _optional(rule: Rule) -> Rule:
+    return Rule(f"None or {rule.valid}", lambda value: None if value is None else rule.convert(value))
+
+
+def whole(low: int | None = None) -> Rule:
+    return Rule("a whole number" + (f" >= {low}" if low is not None else ""),
+                _bounded(_whole_number, low, None, False, False))
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False) -> Rule:
+    if low is not None and high is not None:
+        valid = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        valid = f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        valid = "a number"
+    return Rule(valid, _bounded(_real_number, low, high, low_open, high_open))
+
+
+def one_of(*choices: str) -> Rule:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _Invalid()
+        return value
+
+    return Rule("one of " + ", ".join(repr(c) for c in choices), convert)
+
+
+def flag() -> Rule:
+    def convert(value: Any) -> bool:
+        if not isinstance(value, bool):  # "false" and 0 are not booleans: no guessing
+            raise _Invalid()
+        return value
+
+    return Rule("True or False", convert)
+
+
+def text(what: str = "a non-empty string") -> Rule:
+    def convert(value: Any) -> str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid()
+        return value
+
+    return Rule(what, convert)
+
+
+def _registered(what: str, names: Callable[[], Mapping[str, Any]]) -> Rule:
+    """A name in a registry that is looked up only when checked (it may live in a module that
+    imports this one)."""
+
+    def convert(value: Any) -> str:
+        valid = names()
+        if not isinstance(value, str) or value not in valid:
+            raise _Invalid(unknown_name(what, value, valid))
+        return value
+
+    return Rule(f"a registered {what}", convert)
+
+
+def _target_languages(value: Any) -> tuple[str, ...]:
+    # English is the source language of every trial (§4): the settings name the targets.
+    from trainables.data import LANGUAGES
+
+    targets = [lang for lang in LANGUAGES if lang != "en"]
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid()
+    for lang in value:
+        if lang not in targets:
+            raise _Invalid(unknown_name("target language", lang, targets))
+    if len(set(value)) != len(value):
+        raise _Invalid("a language is listed twice")
+    return tuple(value)
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _device(value: Any) -> str:
+    # Only the spelling is checked here; whether that device exists is the engine's check.
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise _Invalid()
+    return value
+
+
+def _pair_sources() -> Mapping[str, Any]:
+    from trainables.pairs import PAIR_SOURCES
+
+    return PAIR_SOURCES
+
+
+# Subwords per sequence: at least the two special tokens and one subword.
+MIN_MAX_LENGTH = 3
+LENGTH = whole(MIN_MAX_LENGTH)
+POSITIVE = whole(1)
+SEED = whole(0)
+PATH = _optional(text("a path"))
+
+SETTING_RULES: dict[str, Rule] = {
+    "data_dir": PATH,
+    "cache_dir": PATH,
+    "langs": Rule("a non-empty list of target languages", _target_languages),
+    "train_subset": _optional(POSITIVE),
+    "test_subset": _optional(POSITIVE),
+    "parallel_subset": _optional(POSITIVE),
+    "subset_mode": one_of("first", "random"),
+    "subset_seed": SEED,
+    "epochs": POSITIVE,
+    "batch_size": POSITIVE,
+    "micro_batch_size": POSITIVE,
+    "learning_rate": number(0, low_open=True),
+    "warmup_ratio": number(0, 1, high_open=True),
+    "weight_decay": number(0),
+    "max_grad_norm": _optional(number(0, low_open=True)),
+    "schedule_micro_batch_size": _optional(POSITIVE),
+    "task_max_length": LENGTH,
+    "nli_max_length": LENGTH,
+    "long_sentences": one_of("windows", "truncate"),
+    "keep_lone_prefix": flag(),
+    "ner_post_processing": flag(),
+    "ner_zh_words": flag(),
+    "ctl_reference_split": one_of("test", "dev"),
+    "eval_batch_size": POSITIVE,
+    "length_group_factor": POSITIVE,
+    "align_pairs": whole(2),  # nearest-neighbour search needs at least two candidates
+    "align_seed": SEED,
+    "align_pooling": one_of("first", "mean"),
+    "align_batch_size": POSITIVE,
+    "align_max_length": _optional(LENGTH),
+    "align_sampling": one_of("sentences", "uniform"),
+    "eval_pairs": _optional(_registered("pair source", _pair_sources)),
+    "eval_corpus": _optional(text("a corpus name")),  # registered or a local folder: checked with the data
+    "realign_batch_size": POSITIVE,
+    "realign_max_length": LENGTH,
+    "realign_temperature": number(0, low_open=True),
+    "realign_layer": whole(),  # an index into hidden_states; its range is checked against the model
+    "realign_projection": flag(),
+    "realign_projection_dim": POSITIVE,
+    "joint_weight": number(0),
+    "realign_steps": _optional(POSITIVE),
+    "realign_schedule": one_of("linear", "constant"),
+    "dico_lowercase": flag(),
+    "awesome_model": text("a model folder or hub id"),
+    "awesome_layer": whole(0),
+    "awesome_threshold": number(0, 1, high_open=True),
+    "device": Rule("one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'", _device),
+    "precision": one_of("auto", "fp32", "bf16"),
+    "num_threads": _optional(POSITIVE),
+    "preset": _registered("preset", lambda: PRESETS),
+}
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """`value` normalised for setting `name`, or one `TrialInputError` line naming the setting
+    and what is valid."""
+    rule = SETTING_RULES.get(name)
+    if rule is None:
+        if name in SETTING_NAMES:  # a field added without its rule: a programming error
+            raise TypeError(f"setting {name} has no rule in trainables.settings.SETTING_RULES")
+        raise unknown_setting_error(name)
+    try:
+        return rule.convert(value)
+    except _Invalid as invalid:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise TrialInputError(f"setting {name}={shown}: {invalid.reason or 'expected ' + rule.valid}") from None
 
 
 @dataclass(frozen=True)
@@ -34,6 +259,11 @@ class Settings:
     warmup_ratio: float = 0.1  # of optimizer steps (the code counted micro-batches: a bug)
     weight_decay: float = 0.0
     max_grad_norm: float | None = None  # neither the paper nor the reference code clips
+    # None: warm-up and linear decay over this run's optimizer steps (App. B.3). A number k: the
+    # reference's schedule (training_loops.realignment_training_loop), sized in micro-batches of k
+    # examples with 5 epochs hard-coded: warm-up int(warmup_ratio * 5 * m) optimizer steps, zero
+    # learning rate at 5 * m, m = ceil(n_train / k) (set by the acl2023-code preset).
+    schedule_micro_batch_size: int | None = None
     task_max_length: int = 128  # token tasks: subwords per window (long sentences: several windows)
     nli_max_length: int = 256  # sentence-pair tasks: premise + hypothesis, truncated (reference: 256)
     # Token tasks: "windows" splits a sentence longer than task_max_length into overflow windows so
@@ -85,7 +315,7 @@ class Settings:
     # dico: False looks tokens up as written, case-sensitive, identical entries dropped before
     # matching (the reference); True lowercases and drops identical pairs after matching.
     dico_lowercase: bool = False
-    awesome_model: str = "bert-base-multilingual-cased"
+    awesome_model: str = "aneuraz/awesome-align-with-co"  # AWESOME's fine-tuned aligner (pairs.py)
     awesome_layer: int = 8
     awesome_threshold: float = 1e-3
 
@@ -96,18 +326,18 @@ class Settings:
     preset: str = "paper"
 
     def __post_init__(self) -> None:
-        if self.micro_batch_size > self.batch_size or self.batch_size % self.micro_batch_size:
-            raise ValueError(
+        # Values come from experiment files, `--set KEY=VALUE` (Python literals) and Ray configs:
+        # each is checked against its rule, and normalised (a list of languages becomes a tuple,
+        # 5.0 epochs becomes 5) so that equal settings compare and hash equal.
+        for item in fields(self):
+            value = getattr(self, item.name)
+            normalised = check_setting(item.name, value)
+            if normalised is not value:
+                object.__setattr__(self, item.name, normalised)
+        if self.batch_size % self.micro_batch_size:
+            raise TrialInputError(
                 f"setting micro_batch_size={self.micro_batch_size} must divide batch_size={self.batch_size}"
             )
-        if self.subset_mode not in ("first", "random"):
-            raise ValueError(f"setting subset_mode={self.subset_mode!r}: valid are 'first', 'random'")
-        if self.align_pooling not in ("first", "mean"):
-            raise ValueError(f"setting align_pooling={self.align_pooling!r}: valid are 'first', 'mean'")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"setting precision={self.precision!r}: valid are 'auto', 'fp32', 'bf16'")
-        if self.preset not in PRESETS:
-            raise ValueError(f"setting preset={self.preset!r}: valid are {', '.join(PRESETS)}")
 
     @property
     def accumulation(self) -> int:
@@ -120,12 +350,37 @@ class Settings:
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 
 XLMR_CODE_LEARNING_RATE = 7.5e-6  # what the reference code used for XLM-R models
+# The reference's forward-pass batch per model with --large_gpu (training/batch_sizes.py,
+# get_batch_size: model_to_batch_size_big, the full batch for any other model), which its
+# learning-rate schedule counted.
+CODE_MICRO_BATCH_SIZES = {
+    "distilbert-base-multilingual-cased": 32,
+    "bert-base-multilingual-cased": 32,
+    "xlm-roberta-base": 32,
+    "xlm-roberta-large": 8,
+}
 
 
 def _acl2023_code(settings: Settings, model: str) -> Settings:
-    """The reference code's choices (PAPER-NOTES, "What the ACL code does")."""
-    changes: dict[str, Any] = dict(realign_layer=-2, joint_weight=0.1, realign_projection=True)
-    if "xlm-roberta" in model.lower():
+    """The reference code's choices where they differ from the paper's text (docs/protocol.md).
+
+    Realigned layer hidden_states[-2] (its off-by-one), joint weight 0.1, the projection head,
+    learning rate 7.5e-6 for XLM-R ("roberta" in the model name, as the scripts tested it),
+    sequential realignment at a constant learning rate (plain Adam, no scheduler), the fine-tuning
+    schedule sized in the reference's micro-batches over 5 epochs, batches of randomly mixed
+    lengths (a shuffled DataLoader: no length grouping) and full fp32 arithmetic (no autocast).
+    The micro-batch sizes are those of `--large_gpu` (the A40 of experiment 1 and of XLM-R large);
+    experiment 2's smaller models ran on small GPUs (8, 4, 2 for distilmBERT, mBERT, XLM-R base):
+    set schedule_micro_batch_size to those to reproduce that schedule.
+    """
+    name = model.lower()
+    code_micro_batch = CODE_MICRO_BATCH_SIZES.get(name.rstrip("/").split("/")[-1], settings.batch_size)
+    changes: dict[str, Any] = dict(
+        realign_layer=-2, joint_weight=0.1, realign_projection=True, realign_schedule="constant",
+        schedule_micro_batch_size=min(code_micro_batch, settings.batch_size), length_group_factor=1,
+        precision="fp32",
+    )
+    if "roberta" in name:
         changes["learning_rate"] = XLMR_CODE_LEARNING_RATE
     return replace(settings, **changes)
 
@@ -137,7 +392,7 @@ PRESETS = {
 
 
 def unknown_setting_error(name: str, where: str = "settings") -> ValueError:
-    return ValueError(f"unknown key {name!r} in {where}{did_you_mean(name, SETTING_NAMES)}; "
+    return TrialInputError(f"unknown key {name!r} in {where}{did_you_mean(name, SETTING_NAMES)}; "
                       f"valid keys: {', '.join(SETTING_NAMES)}")
 
 
@@ -146,6 +401,5 @@ def make_settings(values: Mapping[str, Any], model: str = "", where: str = "sett
     for name in values:
         if name not in SETTING_NAMES:
             raise unknown_setting_error(name, where)
-    clean = {k: (tuple(v) if k == "langs" else v) for k, v in values.items()}
-    settings = Settings(**clean)
+    settings = Settings(**values)  # __post_init__ checks and normalises every value
     return PRESETS[settings.preset](settings, model)

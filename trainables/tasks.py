@@ -8,11 +8,19 @@
 - `xnli`: sentence-pair classification (premise, hypothesis), accuracy; trained on MultiNLI.
 
 Token tasks put a word's label on its first subword, the other subwords getting IGNORE_INDEX
-(PAPER-NOTES; `encoding.first_subword_labels`). Words truncated away by `task_max_length` have no
-label: they are neither trained on nor scored.
+(PAPER-NOTES; `encoding.first_subword_labels`); XLM-R's lone "▁" pieces are deleted from the input
+(`keep_lone_prefix`, see encoding.py). A sentence longer than `task_max_length` (128, as the
+reference's `get_token_classification_getter`) becomes several windows of at most that many
+subwords (`long_sentences="windows"`, the reference's `return_overflowing_tokens`), cut at word
+boundaries so that each word is labelled in exactly one window; the windows are the training
+examples (as in the reference) and `finetuning.predict` stitches them back into whole sentences.
+`long_sentences="truncate"` drops the words beyond instead: they are neither trained on nor
+scored. Sentence pairs (NLI) are truncated to `nli_max_length` (256, the reference's `get_xnli`),
+with no deletion of lone pieces (the reference's `XNLIMapper` tokenises the raw text as is).
 
-Featurisation happens once per dataset (`featurize`), into flat token tensors plus offsets;
-`Features.collate` pads a batch dynamically to its longest example.
+Featurisation happens once per dataset (`featurize`), into flat token tensors plus offsets, one
+row per window (`Features.example` says whose); `Features.collate` pads a batch dynamically to its
+longest row.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from transformers import (
 )
 
 from trainables.encoding import IGNORE_INDEX, encode_words, first_subword_labels
+from trainables.ner import postprocess_predictions, preprocess_wikiann
 from trainables.settings import Settings
 from trainables.registry import lookup
 
@@ -40,6 +49,8 @@ UPOS_TAGS: tuple[str, ...] = (
 WIKIANN_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 FEATURIZE_CHUNK = 1024  # examples tokenised per call (bounds the padded chunk's memory)
+# Bumped whenever featurisation changes what it stores (2: lone "▁" deletion, windows, Features.example).
+FEATURES_VERSION = 2
 PAD_TOKEN_TYPE = 0
 
 TaskKind = Literal["token", "sequence"]
@@ -73,10 +84,13 @@ def entity_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]])
 
 @dataclass
 class Features:
-    """A featurised dataset: per-example token sequences stored flat, padded only when batched.
+    """A featurised dataset: per-row token sequences stored flat, padded only when batched.
 
-    `tokens[name][offsets[i]:offsets[i+1]]` is column `name` (input_ids, token_type_ids, ...) of
-    example i. Token tasks: `labels` is flat like the tokens; sequence tasks: one label per example.
+    A row is one window of an example (token tasks: a long sentence has several, in word order,
+    consecutive), or one example. `tokens[name][offsets[i]:offsets[i+1]]` is column `name`
+    (input_ids, token_type_ids, ...) of row i, `example[i]` the index of its example (ascending).
+    Token tasks: `labels` is flat like the tokens; sequence tasks: one label per row. `len()`
+    counts rows: training draws rows, as the reference trains on its overflow windows.
     """
 
     kind: TaskKind
@@ -84,10 +98,16 @@ class Features:
     offsets: torch.Tensor  # (n + 1,) long
     labels: torch.Tensor
     pad_token_id: int
+    example: torch.Tensor | None = None  # (n,) long; None: row i is example i
+    n_examples: int | None = None  # None: one past the last row's example
     lengths: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.lengths = (self.offsets[1:] - self.offsets[:-1]).numpy()
+        if self.example is None:
+            self.example = torch.arange(len(self.lengths))
+        if self.n_examples is None:
+            self.n_examples = int(self.example[-1]) + 1 if len(self.example) else 0
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -130,6 +150,12 @@ class Task:
     metric: Metric
     metric_name: str
     model_class: Any  # AutoModelForTokenClassification or AutoModelForSequenceClassification
+    # Per-task hooks, None for tasks without them: `preprocess(examples, lang, settings)` rewrites
+    # the loaded examples before featurisation (WikiANN zh: characters -> words); `postprocess(
+    # predicted, settings)` rewrites predicted label sequences before the metric (WikiANN: the
+    # reference's IOB2 repair). See trainables/ner.py.
+    preprocess: Callable[[list[dict], str, Settings], list[dict]] | None = None
+    postprocess: Callable[[list[list[str]], Settings], list[list[str]]] | None = None
 
     @property
     def label_to_id(self) -> dict[str, int]:
@@ -166,7 +192,7 @@ class Task:
         self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Mapping[str, Any]], settings: Settings
     ) -> Features:
         columns: dict[str, list[torch.Tensor]] = {}
-        labels, lengths = [], []
+        labels, lengths, example_of_row = [], [], []
         for start in range(0, len(examples), FEATURIZE_CHUNK):
             chunk = examples[start : start + FEATURIZE_CHUNK]
             words, label_ids = [], []
@@ -177,14 +203,24 @@ class Task:
                     )
                 words.append(example["words"])
                 label_ids.append(self._label_ids(example["labels"], f"{self.name} example {i}"))
-            encoded = encode_words(tokenizer, words, settings.task_max_length)
+            encoded = encode_words(
+                tokenizer, words, settings.task_max_length,
+                keep_lone_prefix=settings.keep_lone_prefix, windows=settings.long_sentences == "windows",
+            )
             mask = encoded.inputs["attention_mask"]
             for name, values in encoded.inputs.items():
                 if name != "attention_mask":
                     columns.setdefault(name, []).append(_flatten_rows(values, mask))
-            labels.append(_flatten_rows(first_subword_labels(encoded, label_ids), mask))
+            # A window row carries its sentence's labels; only its own words' land on a subword.
+            row_labels = [label_ids[i] for i in encoded.sentence.tolist()]
+            labels.append(_flatten_rows(first_subword_labels(encoded, row_labels), mask))
             lengths.append(mask.sum(1))
-        return self._features(columns, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), lengths, tokenizer)
+            example_of_row.append(encoded.sentence + start)
+        return self._features(
+            columns, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), lengths, tokenizer,
+            example=torch.cat(example_of_row) if example_of_row else torch.zeros(0, dtype=torch.long),
+            n_examples=len(examples),
+        )
 
     def _featurize_pairs(
         self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Mapping[str, Any]], settings: Settings
@@ -197,7 +233,7 @@ class Task:
                 [e["premise"] for e in chunk],
                 [e["hypothesis"] for e in chunk],
                 truncation=True,
-                max_length=settings.task_max_length,
+                max_length=settings.nli_max_length,
             )
             for name, rows in encoded.items():
                 if name != "attention_mask":
@@ -212,16 +248,19 @@ class Task:
         labels: torch.Tensor,
         lengths: list[torch.Tensor],
         tokenizer: PreTrainedTokenizerBase,
+        example: torch.Tensor | None = None,
+        n_examples: int | None = None,
     ) -> Features:
         all_lengths = torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long)
         offsets = torch.cat((torch.zeros(1, dtype=torch.long), torch.cumsum(all_lengths, 0)))
         tokens = {name: torch.cat(parts) for name, parts in columns.items()}
-        return Features(self.kind, tokens, offsets, labels, int(tokenizer.pad_token_id))
+        return Features(self.kind, tokens, offsets, labels, int(tokenizer.pad_token_id), example, n_examples)
 
 
 TASKS: dict[str, Task] = {
     "udpos": Task("udpos", "token", UPOS_TAGS, accuracy, "accuracy", AutoModelForTokenClassification),
-    "wikiann": Task("wikiann", "token", WIKIANN_TAGS, entity_f1, "f1", AutoModelForTokenClassification),
+    "wikiann": Task("wikiann", "token", WIKIANN_TAGS, entity_f1, "f1", AutoModelForTokenClassification,
+                    preprocess=preprocess_wikiann, postprocess=postprocess_predictions),
     "xnli": Task("xnli", "sequence", NLI_LABELS, accuracy, "accuracy", AutoModelForSequenceClassification),
 }
 

@@ -17,16 +17,23 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainables.alignment import alignment_metrics, measure_alignment
-from trainables.cache import cache_key, cached
-from trainables.data import Subset, load_task_split, resolve_cache_dir, resolve_data_dir
+from trainables.alignment import MEASUREMENT_VERSION, alignment_metrics, measure_alignment
+from trainables.cache import (
+    MODEL_PARTS,
+    TOKENIZER_PARTS,
+    cache_key,
+    cached,
+    file_fingerprint,
+    model_fingerprint,
+    settings_parts,
+)
+from trainables.data import Subset, load_task_split, local_source_files, resolve_cache_dir, task_source
 from trainables.finetuning import (
     cross_lingual_transfer,
     evaluate,
@@ -37,12 +44,14 @@ from trainables.finetuning import (
 from trainables.pairs import AlignedCorpus, PairContext, extract_pairs, release_encoders
 from trainables.realignment import build_realigner, get_realign_method
 from trainables.runtime import configure_threads, resolve_device, seed_everything
+from trainables.segmentation import segmentation_id
 from trainables.settings import Settings, make_settings
-from trainables.tasks import Features, Task, get_task
+from trainables.tasks import FEATURES_VERSION, Features, Task, get_task
 
 Reporter = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], None]
 STATE_VERSION = 1
 SOURCE_LANG = "en"
+SOURCE_DEV = f"{SOURCE_LANG}_dev"  # key of the English dev set among the evaluated sets (score/en_dev)
 REPORT_EVERY_STEPS = 25  # training progress reports (loss, step, epoch) between checkpoints
 REALIGN_CHECKPOINT_EVERY = 500  # sequential realignment can be long (XNLI: ~24.5k steps)
 
@@ -75,6 +84,9 @@ def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
         lang: featurize_cached(task, tokenizer, config, settings, "test", lang, subset(settings.test_subset))
         for lang in (SOURCE_LANG, *settings.langs)
     }
+    if settings.ctl_reference_split == "dev":  # Eq. 1's m_en: the English development set
+        test[SOURCE_DEV] = featurize_cached(task, tokenizer, config, settings, "dev", SOURCE_LANG,
+                                            subset(settings.test_subset))
     context = PairContext.from_settings(settings)
     corpora = {
         lang: extract_pairs(config["corpus"], lang, config["pairs"], subset=subset(settings.parallel_subset),
@@ -92,17 +104,30 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(source)
 
 
+# Every setting that changes featurised task data (the subset comes as its own argument). Training
+# settings stay out, so trials that differ only in them share their features.
+FEATURE_SETTINGS: tuple[str, ...] = ("task_max_length", "nli_max_length", "long_sentences", "keep_lone_prefix",
+                                     "ner_zh_words")
+
+
 def featurize_cached(
     task: Task, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any], settings: Settings,
     split: str, lang: str, subset: Subset,
 ) -> Features:
-    """Tokenised task data, shared by every trial with the same tokenizer and task slice."""
-    key = cache_key(tokenizer=config["model_source"], task=task.name, split=split, lang=lang, subset=subset.key,
-                    max_length=settings.task_max_length, data_dir=str(resolve_data_dir(settings.data_dir)))
+    """Tokenised task data, shared by every trial with the same tokenizer files, task slice
+    (its input files' content) and featurisation settings."""
+    source = task_source(task.name, split)
+    files = local_source_files(source, {"split": split, "lang": lang}, settings.data_dir)
+    key = cache_key(tokenizer=model_fingerprint(config["model_source"], TOKENIZER_PARTS), task=task.name,
+                    split=split, lang=lang, subset=subset.key, data=file_fingerprint(files),
+                    source=f"{source.name}-v{source.version}", settings=settings_parts(settings, FEATURE_SETTINGS),
+                    segmentation=segmentation_id(lang), version=FEATURES_VERSION)
     path = resolve_cache_dir(settings.cache_dir) / "features" / f"{task.name}-{split}-{lang}-{key}.pt"
 
     def compute() -> Features:
         examples = load_task_split(task.name, split, lang, settings.data_dir, settings.cache_dir, subset)
+        if task.preprocess is not None:  # after subsetting, as the reference (token_classification.py)
+            examples = task.preprocess(examples, lang, settings)
         return task.featurize(tokenizer, examples, settings)
 
     return cached(path, compute, lambda value, p: torch.save(value, p),
@@ -123,13 +148,21 @@ def measure(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
     return alignment_metrics(table)
 
 
+# Every setting that changes the measured alignment besides the model and the corpora's content.
+ALIGNMENT_SETTINGS: tuple[str, ...] = ("align_pairs", "align_seed", "align_pooling", "align_sampling",
+                                       "align_max_length", "keep_lone_prefix", "langs", "parallel_subset",
+                                       "subset_mode", "subset_seed", "precision")
+
+
 def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
-    """The pre-trained model's alignment, shared by all trials of that model and evaluation pairs
-    (the task head does not change the encoder's hidden states)."""
+    """The pre-trained model's alignment, shared by all trials of that model (its files' content)
+    and evaluation pairs (their content), whatever the task: the task head does not change the
+    encoder's hidden states."""
     s = inputs.settings
-    key = cache_key(model=config["model_source"], corpus=config["corpus"], pairs=config["pairs"], langs=s.langs,
-                    n=s.align_pairs, seed=s.align_seed, pooling=s.align_pooling, subset=s.parallel_subset,
-                    mode=s.subset_mode, max_length=s.align_max_length, data_dir=str(resolve_data_dir(s.data_dir)))
+    key = cache_key(model=model_fingerprint(config["model_source"], MODEL_PARTS), corpus=config["corpus"],
+                    pairs=config["pairs"], corpora={lang: c.fingerprint for lang, c in inputs.corpora.items()},
+                    settings=settings_parts(s, ALIGNMENT_SETTINGS), device=resolve_device(s).type,
+                    version=MEASUREMENT_VERSION)
     path = resolve_cache_dir(s.cache_dir) / "alignment" / f"pretrained-{key}.parquet"
     table = cached(path, lambda: measure_alignment(model, inputs.tokenizer, inputs.corpora, s),
                    lambda value, p: value.to_parquet(p, index=False), pd.read_parquet)
@@ -137,9 +170,13 @@ def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inpu
 
 
 def scores_and_transfer(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
-    scores = {lang: evaluate(model, inputs.tokenizer, inputs.task, features, inputs.settings)
-              for lang, features in inputs.test.items()}
-    return {"score": scores, "ctl": cross_lingual_transfer(scores, SOURCE_LANG)}
+    """Scores on every evaluated set and CTL (Eq. 1) against `ctl_reference_split`'s English score:
+    the test set (the reference code, `score/en`) or the dev set (the paper's text, `score/en_dev`)."""
+    scores = {name: evaluate(model, inputs.tokenizer, inputs.task, features, inputs.settings)
+              for name, features in inputs.test.items()}
+    languages = {lang: scores[lang] for lang in (SOURCE_LANG, *inputs.settings.langs)}
+    reference = scores[SOURCE_DEV] if inputs.settings.ctl_reference_split == "dev" else scores[SOURCE_LANG]
+    return {"score": scores, "ctl": cross_lingual_transfer(languages, SOURCE_LANG, reference=reference)}
 
 
 # --- the trial -----------------------------------------------------------------------------------

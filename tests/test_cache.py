@@ -1,0 +1,361 @@
+"""Content-keyed caches (trainables/cache.py, the keys of trial.py and pairs.py) and
+`python -m sweep cache list|prune` (sweep/cache_command.py), on tiny hand-made files."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep import cache_command
+from trainables import cache as cache_module
+from trainables import trial
+from trainables.alignment import RESULT_COLUMNS
+from trainables.cache import (
+    TOKENIZER_PARTS,
+    file_fingerprint,
+    folder_fingerprint,
+    model_fingerprint,
+    prune_cache,
+    scan_cache,
+)
+from trainables.data import Subset, get_source
+from trainables.pairs import PAIR_COLUMNS, AlignedCorpus, extract_pairs
+from trainables.settings import Settings
+from trainables.tasks import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["the", "a", "cat", "dog", "sat", "ran", "el", "gato", "perro", "se", "sentó", "corrió", "."]
+DAY = 86_400
+
+
+# --- fingerprints ---------------------------------------------------------------------------------
+
+
+def test_file_fingerprint_follows_content_not_path_and_reads_a_file_once(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("one")
+    b.write_text("one")
+    first = file_fingerprint([a])
+    assert file_fingerprint([b]) == first  # same bytes elsewhere: same key
+    assert file_fingerprint([a, b]) != first and file_fingerprint([]) != first
+    real_open = open
+    reads = []
+    monkeypatch.setattr(cache_module, "open", lambda *args, **kw: reads.append(args[0]) or real_open(*args, **kw),
+                        raising=False)
+    assert file_fingerprint([a]) == first and reads == []  # memoised: unchanged file not read again
+    a.write_text("two")  # same path, same size, new content (a new mtime)
+    stat = a.stat()
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert file_fingerprint([a]) != first and reads == [a]
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        file_fingerprint([tmp_path / "missing.txt"])
+
+
+def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised 1-layer BERT with a WordPiece tokenizer over WORDS."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=False, model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def test_model_fingerprint_covers_config_tokenizer_and_weights(tiny_bert, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(tiny_bert, tmp_path / "elsewhere"))
+    full, tokenizer = model_fingerprint(copy), model_fingerprint(copy, TOKENIZER_PARTS)
+    assert full == model_fingerprint(tiny_bert) and tokenizer == model_fingerprint(tiny_bert, TOKENIZER_PARTS)
+    (copy / "README.md").write_text("notes")  # not a model file
+    assert model_fingerprint(copy) == full
+    write_tiny_bert(copy, seed=1)  # new weights in place
+    assert model_fingerprint(copy) != full and model_fingerprint(copy, TOKENIZER_PARTS) == tokenizer
+    with open(copy / "vocab.txt", "a", encoding="utf-8") as handle:
+        handle.write("perro\n")
+    assert model_fingerprint(copy, TOKENIZER_PARTS) != tokenizer
+    # A hub id (no such folder) is keyed by its id and revision.
+    assert model_fingerprint("org/model") != model_fingerprint("org/other")
+    assert model_fingerprint("org/model", revision="abc") != model_fingerprint("org/model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config/tokenizer/weights files"):
+        folder_fingerprint(tmp_path / "empty")
+
+
+# --- features -------------------------------------------------------------------------------------
+
+CONLLU_SENTENCE = "".join(f"{i}\t{word}\t{word}\t{tag}\t_\t_\t{head}\t_\t_\t_\n"
+                          for i, word, tag, head in ((1, "the", "DET", 2), (2, "cat", "NOUN", 3), (3, "sat", "VERB", 0)))
+CONLLU_SENTENCE += "\n"
+
+
+def features(tiny_bert: Path, data: Path, cache: Path, **settings):
+    task = get_task("udpos")
+    tokenizer = trial.load_tokenizer(str(tiny_bert))
+    values = Settings(data_dir=str(data), cache_dir=str(cache), **settings)
+    return trial.featurize_cached(task, tokenizer, {"model_source": str(tiny_bert)}, values, "test", "en", Subset())
+
+
+def test_features_follow_the_data_file_content_and_failures_are_not_cached(tiny_bert, tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    test_file = data / "ud" / "en_ewt-ud-test.conllu"
+    test_file.parent.mkdir(parents=True)
+    test_file.write_text("")  # an empty file: whatever it gives must not outlive the fix
+    try:
+        empty = features(tiny_bert, data, cache)
+        assert empty.n_examples == 0
+    except ValueError:
+        assert not list((cache / "features").glob("*.pt"))  # a failure leaves no entry
+    test_file.write_text(CONLLU_SENTENCE)
+    assert features(tiny_bert, data, cache).n_examples == 1
+    test_file.write_text(CONLLU_SENTENCE * 3)  # same path, new content
+    assert features(tiny_bert, data, cache).n_examples == 3
+    assert features(tiny_bert, data, cache, learning_rate=1e-3).n_examples == 3  # read from the cache
+    assert scan_cache(cache).foreign == []  # every file written is one the cache owns
+
+
+# A valid other value for every setting the keys list (the tests below check the lists match).
+OTHER_VALUES = dict(task_max_length=64, nli_max_length=128, long_sentences="truncate", keep_lone_prefix=True,
+                    ner_zh_words=False, align_pairs=500, align_seed=1, align_pooling="mean",
+                    align_sampling="uniform", align_max_length=64, langs=("es", "fr"), parallel_subset=100,
+                    subset_mode="random", subset_seed=1, precision="bf16")
+TRAINING_ONLY = dict(learning_rate=1e-3, epochs=2, batch_size=64, micro_batch_size=16, joint_weight=0.5,
+                     realign_layer=-2)
+
+
+def captured_paths(monkeypatch) -> list[Path]:
+    """Cache paths the trial asks for, without computing anything."""
+    paths: list[Path] = []
+
+    def fake_cached(path, compute, save, load):
+        paths.append(Path(path))
+        return pd.DataFrame(columns=list(RESULT_COLUMNS))
+
+    monkeypatch.setattr(trial, "cached", fake_cached)
+    return paths
+
+
+def test_every_featurisation_setting_is_in_the_features_key_and_training_settings_are_not(
+        tiny_bert, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "ud").mkdir(parents=True)
+    (data / "ud" / "en_ewt-ud-test.conllu").write_text(CONLLU_SENTENCE)
+    paths = captured_paths(monkeypatch)
+    task, tokenizer = get_task("udpos"), trial.load_tokenizer(str(tiny_bert))
+
+    def key_path(subset: Subset = Subset(), **settings) -> Path:
+        values = Settings(data_dir=str(data), cache_dir=str(tmp_path / "cache"), **settings)
+        trial.featurize_cached(task, tokenizer, {"model_source": str(tiny_bert)}, values, "test", "en", subset)
+        return paths[-1]
+
+    assert {"task_max_length", "nli_max_length", "long_sentences", "keep_lone_prefix", "ner_zh_words"} <= set(
+        trial.FEATURE_SETTINGS)  # what featurisation reads (tasks.py, encoding.py, ner.py)
+    base = key_path()
+    for name in trial.FEATURE_SETTINGS:
+        assert key_path(**{name: OTHER_VALUES[name]}) != base, name
+    for name, value in TRAINING_ONLY.items():
+        assert key_path(**{name: value}) == base, name
+    assert key_path(Subset(1)) != base
+    assert key_path(Subset(1, "random", 0)) != key_path(Subset(1, "random", 1)) != key_path(Subset(1))
+
+
+# --- pre-trained alignment ----------------------------------------------------------------------------
+
+
+def tiny_corpus(lang: str = "es", repeats: int = 6) -> AlignedCorpus:
+    en_words = [["the", "cat", "sat"], ["a", "dog", "ran"]] * repeats
+    x_words = [["el", "gato", "se", "sentó"], ["el", "perro", "corrió"]] * repeats
+    rows = []
+    for s in range(len(en_words)):
+        links = [(1, 1), (2, 3)] if s % 2 == 0 else [(1, 1), (2, 2)]
+        rows += [(s, i, j, en_words[s][i], x_words[s][j]) for i, j in links]
+    pairs = pd.DataFrame(rows, columns=list(PAIR_COLUMNS)).astype({c: np.int64 for c in PAIR_COLUMNS[:3]})
+    return AlignedCorpus(lang, en_words, x_words, pairs)
+
+
+def alignment_inputs(model_dir: Path, cache: Path, corpus: AlignedCorpus | None = None, **settings):
+    values = Settings(**{"cache_dir": str(cache), "langs": ("es",), "align_pairs": 10, "device": "cpu", **settings})
+    return SimpleNamespace(settings=values, tokenizer=trial.load_tokenizer(str(model_dir)),
+                           corpora={"es": corpus or tiny_corpus()})
+
+
+def test_every_alignment_setting_and_the_pairs_are_in_the_alignment_key(tiny_bert, tmp_path, monkeypatch):
+    paths = captured_paths(monkeypatch)
+    config = {"model_source": str(tiny_bert), "corpus": "tiny", "pairs": "dico"}
+
+    def key_path(corpus: AlignedCorpus | None = None, **settings) -> Path:
+        trial.pretrained_alignment(config, None, alignment_inputs(tiny_bert, tmp_path, corpus, **settings))
+        return paths[-1]
+
+    assert {"align_pairs", "align_seed", "align_pooling", "align_sampling", "align_max_length", "keep_lone_prefix",
+            "langs", "parallel_subset", "subset_mode"} <= set(trial.ALIGNMENT_SETTINGS)  # what measurement reads
+    base = key_path()
+    for name in trial.ALIGNMENT_SETTINGS:
+        assert key_path(**{name: OTHER_VALUES[name]}) != base, name
+    for name, value in {**TRAINING_ONLY, "task_max_length": 64}.items():
+        assert key_path(**{name: value}) == base, name
+    assert key_path(tiny_corpus(repeats=5)) != base  # other sentences and pairs
+    changed = tiny_corpus()
+    changed.pairs.loc[0, "tgt_index"] = 2
+    assert key_path(AlignedCorpus("es", changed.en_words, changed.x_words, changed.pairs)) != base
+    assert set(OTHER_VALUES) == set(trial.FEATURE_SETTINGS) | set(trial.ALIGNMENT_SETTINGS)
+
+
+def test_pretrained_alignment_follows_the_model_weights_in_place(tmp_path):
+    from transformers import AutoModel
+
+    model_dir, cache = write_tiny_bert(tmp_path / "model", seed=0), tmp_path / "cache"
+    config = {"model_source": str(model_dir), "corpus": "tiny", "pairs": "dico"}
+    inputs = alignment_inputs(model_dir, cache)
+    first = trial.pretrained_alignment(config, AutoModel.from_pretrained(model_dir), inputs)
+    assert trial.pretrained_alignment(config, None, inputs) == first  # a hit: the model is not used
+    write_tiny_bert(model_dir, seed=1)  # same folder, new weights
+    second = trial.pretrained_alignment(config, AutoModel.from_pretrained(model_dir), inputs)
+    assert len(list((cache / "alignment").glob("pretrained-*.parquet"))) == 2
+    assert set(first) == set(second) == {"strong", "weak"}
+    scan = scan_cache(cache)
+    assert scan.foreign == [] and {f.kind for f in scan.files} == {"alignment"}
+
+
+# --- ownership, listing and pruning ------------------------------------------------------------------
+
+
+def test_names_the_writers_make_are_the_cache_s_own(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    for name, text in {"parallel/tiny/en-es.en": "the cat\n", "parallel/tiny/en-es.es": "el gato\n",
+                       "muse/en-es.txt": "cat gato\n", "muse/es-en.txt": "gato cat\n"}.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text(text, encoding="utf-8")
+    assert len(extract_pairs("tiny", "es", "dico", data_dir=data, cache_dir=cache).pairs) == 1
+    from trainables.data import _remote_cache_path
+
+    download = _remote_cache_path(get_source("muse"), {"src": "en", "tgt": "es"}, cache, None)
+    download.parent.mkdir(parents=True)
+    download.write_bytes(b"x")
+    scan = scan_cache(cache)
+    assert scan.foreign == []
+    assert sorted({(f.kind, f.role) for f in scan.files}) == [("downloads", "entry"), ("pairs", "entry"),
+                                                              ("pairs", "lock")]
+
+
+def make_cache(root: Path) -> dict[str, Path]:
+    """A cache with old and new entries, a leftover temporary, an orphan lock and foreign files."""
+    files = {
+        "old": root / "features" / "udpos-test-en-0123456789abcdef.pt",
+        "old_lock": root / "features" / "udpos-test-en-0123456789abcdef.pt.lock",
+        "new": root / "pairs" / "ntrex-en-es-all-dico-fedcba9876543210.parquet",
+        "old_tmp": root / "alignment" / ".pretrained-00112233445566aa.tmp-123-deadbeef.parquet",
+        "old_download": root / "data" / "muse" / "en-es-v1.parquet",
+        "busy": root / "alignment" / "pretrained-aabbccddeeff0011.parquet",
+        "foreign_root": root / "notes.txt",
+        "foreign_kind": root / "features" / "my-model.pt",  # no key in its name
+        "foreign_folder": root / "benchmarks-toy" / "model.safetensors",
+    }
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"0123456789")
+    old = time.time() - 10 * DAY
+    for name in ("old", "old_lock", "old_tmp", "old_download", "busy", "foreign_root", "foreign_kind"):
+        os.utime(files[name], (old, old))
+    return files
+
+
+HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_prune_deletes_only_old_own_unlocked_files(tmp_path):
+    files = make_cache(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(files["busy"]) + ".lock"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        dry = prune_cache(tmp_path, 1 * DAY, dry_run=True)
+        assert all(path.exists() for path in files.values())
+        result = prune_cache(tmp_path, 1 * DAY)
+        assert sorted(f.path for f in result.deleted) == sorted(f.path for f in dry.deleted)
+        gone = {"old", "old_lock", "old_tmp", "old_download"}
+        assert {f.path for f in result.deleted} == {files[name] for name in gone}
+        assert {name for name, path in files.items() if not path.exists()} == gone
+        assert {f.entry for f in result.busy} == {files["busy"]}
+        assert set(result.foreign) == {files[n] for n in ("foreign_root", "foreign_kind", "foreign_folder")}
+        everything = prune_cache(tmp_path, None)
+        assert files["busy"].exists() and not files["new"].exists()
+        assert all(files[n].exists() for n in ("foreign_root", "foreign_kind", "foreign_folder"))
+        assert {f.path for f in everything.deleted} == {files["new"]}
+    finally:
+        holder.communicate("\n", timeout=30)
+    prune_cache(tmp_path, None)  # the lock is free now
+    assert not files["busy"].exists() and not Path(str(files["busy"]) + ".lock").exists()
+    assert not (tmp_path / "data").exists()  # emptied cache folders go too; foreign ones stay
+    assert (tmp_path / "benchmarks-toy").is_dir()
+
+
+def run_command(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cache_command.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cache_command_lists_prunes_and_reports_bad_folders(tmp_path, capsys):
+    files = make_cache(tmp_path / "results" / "cache")
+    code, out, _ = run_command(["list", "--storage", str(tmp_path / "results")], capsys)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert rows["features"][1:3] == ["1", "2"] and rows["alignment"][1:3] == ["1", "2"]
+    assert rows["total"][1:3] == ["4", "6"] and "not listed: 3 file(s)" in out
+
+    code, out, _ = run_command(["prune", "--cache-dir", str(tmp_path / "results" / "cache"), "--older-than", "1",
+                                "--dry-run"], capsys)
+    assert code == 0 and out.startswith("would delete 3 entries (5 files") and files["old"].exists()
+    assert "features/udpos-test-en-0123456789abcdef.pt" in out and "left alone: 3 file(s)" in out
+    code, out, _ = run_command(["prune", "--storage", str(tmp_path / "results"), "--all"], capsys)
+    assert code == 0 and out.startswith("deleted 4 entries (6 files")
+    assert files["foreign_kind"].exists() and not files["new"].exists()
+
+    (tmp_path / "file").write_text("x")
+    for args, message in ((["list", "--storage", str(tmp_path / "nowhere")], "no cache at"),
+                          (["list", "--storage", str(tmp_path / "file")], "is a file, not a results folder"),
+                          (["list", "--cache-dir", str(tmp_path / "file")], "is a file, not a folder"),
+                          (["prune", "--storage", str(tmp_path / "results"), "--older-than", "-1"], "days >= 0")):
+        code, out, err = run_command(args, capsys)
+        assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, args
+
+
+def test_python_m_sweep_dispatches_cache(tmp_path):
+    (tmp_path / "cache").mkdir()
+    done = subprocess.run([sys.executable, "-m", "sweep", "cache", "list", "--storage", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].split()[:3] == ["total", "0", "0"]
+
+
+def test_cache_folder_is_where_the_sweep_puts_it():
+    from sweep.runner import CACHE_FOLDER
+
+    assert cache_command.CACHE_FOLDER == CACHE_FOLDER
