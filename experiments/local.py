@@ -34,10 +34,12 @@ EXPERIMENT = dict(
         micro_batch_size=16,
         test_subset=200,
     ),
-    grids=[
+    # One seed after the other (Tune starts trials in this order): a run cut short still holds
+    # every trial of its first seeds.
+    grids=[grid for seed in SEEDS for grid in (
         dict(model=["e5-small"], task=["udpos", "wikiann"], realign=["none", "before", "joint"],
-             pairs=["dico"], corpus=["ntrex"], seed=SEEDS, settings=TOKEN_TASKS),
+             pairs=["dico"], corpus=["ntrex"], seed=[seed], settings=TOKEN_TASKS),
         dict(model=["e5-small"], task=["xnli"], realign=["none"],
-             pairs=["dico"], corpus=["ntrex"], seed=SEEDS, settings=NLI),
-    ],
+             pairs=["dico"], corpus=["ntrex"], seed=[seed], settings=NLI),
+    )],
 )
