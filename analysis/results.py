@@ -68,6 +68,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import files
+from trainables.models import PAPER_MODEL_NAMES, paper_model
+from trainables.models import PAPER_MODELS as PAPER_MODEL_LIST
 
 # ---------------------------------------------------------------------------------------------
 # Names
@@ -84,12 +86,7 @@ METRIC_ROOTS: tuple[str, ...] = ("score", "ctl", "align", "num_layers")
 REALIGN_METHODS: tuple[str, ...] = ("none", "before", "joint")  # the paper's, in its order
 PAIR_SOURCES: tuple[str, ...] = ("fastalign", "awesome", "dico")  # the paper's table order
 PAPER_TASKS: tuple[str, ...] = ("udpos", "wikiann", "xnli")
-PAPER_MODELS: tuple[str, ...] = (
-    "distilbert-base-multilingual-cased",
-    "bert-base-multilingual-cased",
-    "xlm-roberta-base",
-    "xlm-roberta-large",
-)
+PAPER_MODELS: tuple[str, ...] = PAPER_MODEL_NAMES  # the paper's order
 PAPER_TARGET_LANGUAGES: tuple[str, ...] = ("ar", "es", "fr", "ru", "zh")
 PAPER_CORPORA: tuple[str, ...] = ("opus100", "multiun")
 PAPER_SEEDS_PER_CELL = 5  # Section 4: five seeds per model x task (x method)
@@ -110,12 +107,7 @@ STAGE_BEFORE = "pretrained"
 STAGE_REALIGNED = "realigned"
 STAGE_AFTER = "finetuned"
 
-MODEL_DISPLAY_NAMES: dict[str, str] = {
-    "distilbert-base-multilingual-cased": "distilmBERT",
-    "bert-base-multilingual-cased": "mBERT",
-    "xlm-roberta-base": "XLM-R Base",
-    "xlm-roberta-large": "XLM-R Large",
-}
+MODEL_DISPLAY_NAMES: dict[str, str] = {model.name: model.display_name for model in PAPER_MODEL_LIST}
 TASK_DISPLAY_NAMES: dict[str, str] = {"udpos": "POS", "wikiann": "NER", "xnli": "NLI"}
 
 # Values Ray Tune adds to every result; they are bookkeeping, not trial metrics.
@@ -150,8 +142,8 @@ class ResultsError(ValueError):
 def canonical_model(name: str) -> str:
     """The paper's hub id when ``name`` denotes one of its four models (``FacebookAI/xlm-roberta-base``
     or ``/models/xlm-roberta-base`` -> ``xlm-roberta-base``), else ``name`` unchanged."""
-    base = str(name).rstrip("/").split("/")[-1].lower()
-    return base if base in MODEL_DISPLAY_NAMES else str(name)
+    model = paper_model(name)
+    return model.name if model is not None else str(name)
 
 
 def display_model(name: str) -> str:
@@ -512,6 +504,33 @@ def read_ray_experiment(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SWEEP_MARKER = "sweep-run.json"  # an experiment folder of the sweep engine (sweep.ledger)
+SWEEP_KEY_COLUMN = "config/trial/key"  # a trial's content key in its config
+
+
+def read_sweep_folder(path: Path) -> pd.DataFrame:
+    """Read an experiment folder of the sweep engine: one Tune run per batch of trials, and a
+    marker whose ``current`` map says in which batch each trial of the experiment lives. Only
+    those rows are kept: trials of an earlier version of the experiment (a setting since changed)
+    stay in their batch, read only when that batch's folder is given itself."""
+    path = Path(path)
+    try:
+        current = json.loads((path / SWEEP_MARKER).read_text())["current"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ResultsError(f"{path / SWEEP_MARKER}: not a sweep marker with a 'current' map ({error})") from error
+    frames = []
+    for batch in sorted(set(current.values()) - {None}):
+        if not any((path / batch).glob(RAY_STATE_GLOB)):
+            continue  # a batch Tune has not saved yet: none of its trials has finished
+        frame = read_ray_experiment(path / batch)
+        keys = frame[SWEEP_KEY_COLUMN] if SWEEP_KEY_COLUMN in frame.columns else pd.Series(None, index=frame.index)
+        frames.append(frame[keys.map(lambda key: current.get(key) == batch)])
+    frames = [frame for frame in frames if len(frame)]
+    if not frames:
+        raise ResultsError(f"{path}: no trial of the experiment has reported yet")
+    return pd.concat(frames, ignore_index=True)
+
+
 def read_table_file(path: Path) -> pd.DataFrame:
     """Read a tidy table from ``.parquet`` or ``.csv``."""
     path = Path(path)
@@ -533,7 +552,8 @@ def read_raw(path: str | Path) -> pd.DataFrame:
             f"{path}: does not exist; expected a Ray Tune experiment folder or a .parquet/.csv tidy table"
         )
     if path.is_dir():
-        raw = read_ray_experiment(path)
+        raw = read_sweep_folder(path) if (path / SWEEP_MARKER).is_file() and not any(path.glob(RAY_STATE_GLOB)) \
+            else read_ray_experiment(path)
     elif path.suffix in TABLE_SUFFIXES:
         raw = read_table_file(path)
     else:

@@ -115,7 +115,7 @@ def render(sections: Sequence[Section], title: str) -> None:
 def smoke_model(context: Context) -> Context:
     """Smoke runs use the toy BERT and the toy data for benchmarks 1-3 (seconds instead of minutes)."""
     from benchmarks import sweep_overhead
-    from trainables.toy import TOY_CORPUS
+    from toyworld import TOY_CORPUS
 
     data_dir, model_dir = sweep_overhead.toy_assets(sweep_overhead.SMOKE, smoke=True)
     return dataclasses.replace(context, model_path=model_dir, data_dir=data_dir, corpus=TOY_CORPUS)

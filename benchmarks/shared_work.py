@@ -36,7 +36,7 @@ from benchmarks.common import (
 )
 
 NAME = "shared"
-SHARED_LIMIT = 0.05  # issue: shared work < 5% of the second trial's wall time
+SHARED_LIMIT = 0.05  # target: shared work < 5% of the second trial's wall time
 FIRST_TRIAL_MINIMUM = 0.30  # ... against > 30% for the first
 SHARED_PHASES = ("extract_pairs", "featurize_cached", "pretrained_alignment")
 WRAPPED_FUNCTIONS = ("load_inputs", "extract_pairs", "featurize_cached", "pretrained_alignment", "load_model",

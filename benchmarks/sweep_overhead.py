@@ -1,7 +1,7 @@
 """Benchmark 4: the sweep engine against a plain loop, same 8 trials, 2 CPUs.
 
 Engine: `sweep.runner.run_sweep(..., num_cpus=2, live=False)` in a fresh Python process, 8 toy
-trials (`trainables.toy.write_toy`: tiny BERT, synthetic 5-language data), each asking 1 CPU
+trials (`toyworld.write_toy`: tiny BERT, synthetic 5-language data), each asking 1 CPU
 (so torch uses 1 thread and 2 trials run at a time), with Tune's checkpointing and result
 handling. The target row's trials fine-tune for `TARGET_EPOCHS` epochs (a few seconds each: the
 smallest trials a sweep of this project runs, e5-small on tiny slices, take about a minute); an
@@ -34,7 +34,7 @@ from typing import Any, Mapping
 from benchmarks.common import Context, Row, Section, fmt_seconds, read_json, run_python_module, write_json_atomic
 
 NAME = "sweep"
-TARGET_RATIO = 1.0  # issue: engine wall time <= 1.0 x the plain loop, overhead included
+TARGET_RATIO = 1.0  # target: engine wall time <= 1.0 x the plain loop, overhead included
 TIMINGS_ENV = "BENCH_SWEEP_TIMINGS_DIR"  # where the engine's wrapped trainable writes per-trial timings
 ENGINE_CPUS = 2
 SUBPROCESS_TIMEOUT_S = 900
@@ -47,7 +47,7 @@ class Sizes:
     seeds: tuple[int, ...]  # trials = realign methods x seeds
     langs: tuple[str, ...]
     tiny_epochs: int | None  # also run the information row with trials of this many epochs
-    loop_threads: int  # torch threads of the baseline loop (the issue: 2; smoke: 1, it measures nothing)
+    loop_threads: int  # torch threads of the baseline loop (2, the machine's cores; smoke: 1, it measures nothing)
     loop_budget_s: float | None  # a loop still running after this stops after its current trial (extrapolated)
     epochs: int
     align_pairs: int
@@ -63,10 +63,16 @@ SMOKE = Sizes(seeds=(0,), langs=("es", "fr"), tiny_epochs=None, loop_threads=1, 
 
 
 def toy_assets(sizes: Sizes, smoke: bool) -> tuple[Path, Path]:
+    from toyworld import write_toy
+    from toyworld.files import GENERATOR_VERSION
+    from toyworld.model import MODEL_VERSION
+    from trainables.cache import cache_key
     from trainables.data import resolve_cache_dir
-    from trainables.toy import write_toy
 
-    folder = resolve_cache_dir() / TOY_FOLDER / ("smoke" if smoke else "full")
+    # Named by what it is made of (parameters, generator versions): a folder made by another
+    # version of the toy world is never reused, nor deleted, by a newer one.
+    key = cache_key(**sizes.toy, data=GENERATOR_VERSION, model=MODEL_VERSION)
+    folder = resolve_cache_dir() / TOY_FOLDER / f"{'smoke' if smoke else 'full'}-{key}"
     return write_toy(folder, **sizes.toy)
 
 
@@ -85,7 +91,7 @@ def raw_experiment(data_dir: Path, model_dir: Path, sizes: Sizes, epochs: int) -
 # The engine's trainable, timed (runs in Ray workers)
 
 
-def timed_run_trial_in_tune(config: dict[str, Any], run_dir: str, driver_run: str) -> None:
+def timed_run_trial_in_tune(config: dict[str, Any], run_dir: str, driver_run: str, wanted: Any = None) -> None:
     """`sweep.trainable.run_trial_in_tune`, with its imports, reports and run_trial timed."""
     entered = time.time()
     started = time.perf_counter()
@@ -117,7 +123,7 @@ def timed_run_trial_in_tune(config: dict[str, Any], run_dir: str, driver_run: st
     try:
         from ray import tune
 
-        engine.run_trial_in_tune(config, Path(run_dir) / tune.get_context().get_trial_name(), driver_run)
+        engine.run_trial_in_tune(config, Path(run_dir) / tune.get_context().get_trial_name(), driver_run, wanted)
     finally:
         engine.report_to_tune, trial.run_trial = report, run_trial
         timings["exited"] = time.time()
@@ -150,9 +156,9 @@ def engine_main(spec_path: Path, out_path: Path) -> int:
             marks["ray_started"] = time.time()
 
     runner.start_ray = timed_start_ray
-    def timed_trainable(gpus_available: bool, run_dir: Path, driver_run: str) -> Any:
+    def timed_trainable(gpus_available: bool, run_dir: Path, driver_run: str, wanted: Any = None) -> Any:
         run_dir_text = str(run_dir)
-        return tune.with_resources(lambda config: timed_run_trial_in_tune(config, run_dir_text, driver_run),
+        return tune.with_resources(lambda config: timed_run_trial_in_tune(config, run_dir_text, driver_run, wanted),
                                    trial_resources(gpus_available))
 
     runner.make_trainable = timed_trainable

@@ -12,13 +12,10 @@ Count: 60 (exp. 1) + 3 models x 2 methods x 3 sources x 2 corpora x 5 seeds x 2 
 experiment 2's grid are duplicates of experiment 1's.
 """
 
-PAPER_MODELS = [
-    "distilbert-base-multilingual-cased",
-    "bert-base-multilingual-cased",
-    "xlm-roberta-base",
-    "xlm-roberta-large",
-]
-REALIGNED_MODELS = PAPER_MODELS[:3]  # the paper realigned all but XLM-R large (App. B.5)
+from trainables.models import PAPER_MODELS as PAPER_MODEL_LIST
+
+PAPER_MODELS = [model.name for model in PAPER_MODEL_LIST]
+REALIGNED_MODELS = [model.name for model in PAPER_MODEL_LIST if model.realigned]  # all but XLM-R large (App. B.5)
 SEEDS = [0, 1, 2, 3, 4]
 
 EXPERIMENT = dict(

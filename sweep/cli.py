@@ -5,6 +5,7 @@ import argparse
 import ast
 import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +24,7 @@ from sweep.experiment import (
     realign_layer_problems,
     trial_settings,
 )
+from sweep.ledger import plan_trials
 from sweep.preflight import preflight_problems
 
 DEFAULT_STORAGE = "./results"
@@ -80,8 +82,48 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a setting for every trial; repeatable")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--no-live", action="store_true", help="plain Tune output instead of the live display")
+    parser.add_argument("--log", action="store_true",
+                        help="one plain line per event instead of the live display (the default when stdout is "
+                             "not a terminal)")
     parser.add_argument("--no-report", action="store_true", help="don't write the analysis report at the end")
+    parser.add_argument("--report-every", type=int, default=0, metavar="N",
+                        help="also refresh the analysis report every N finished trials, while the sweep runs")
     return parser
+
+
+class ReportRefresher:
+    """`--report-every N`: after every N trials finished in this run, `python -m analysis` on the
+    experiment folder (finished trials only) in a separate process, so the sweep never waits
+    for it; a refresh due while one runs starts when that one has ended."""
+
+    def __init__(self, run_dir: Path, every: int) -> None:
+        self.run_dir, self.every = run_dir, every
+        self.process: subprocess.Popen | None = None
+        self.due = False
+        self.refreshes = 0
+
+    def __call__(self, finished: int) -> None:
+        if finished % self.every == 0:
+            self.due = True
+        self.poll()
+
+    def poll(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        if self.due:
+            self.due = False
+            self.refreshes += 1
+            with open(self.run_dir / "analysis-refresh.log", "a") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "analysis", str(self.run_dir), "--out", str(self.run_dir / "analysis")],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait(self) -> None:
+        """Until no refresh runs or is due."""
+        while self.process is not None and self.process.poll() is None or self.due:
+            if self.process is not None:
+                self.process.wait()
+            self.poll()
 
 
 def run_prepare_hook(prepare: Any, where: str) -> None:
@@ -101,8 +143,9 @@ def run_prepare_hook(prepare: Any, where: str) -> None:
     target(**{k: v for k, v in prepare.items() if k != "call"})
 
 
-def print_trials(experiment: Experiment, console: Console) -> None:
-    """The trial table; settings shared by every trial are printed once, above it."""
+def print_trials(experiment: Experiment, console: Console, status: str | None = None) -> None:
+    """The trial table; settings shared by every trial are printed once, above it; `status`
+    (what is done, to resume, new) just above the count."""
     common = set.intersection(*(set(t.settings) for t in experiment.trials))
     if common:
         console.print("settings of every trial: " + ", ".join(f"{k}={v}" for k, v in sorted(common)))
@@ -115,6 +158,8 @@ def print_trials(experiment: Experiment, console: Console) -> None:
         table.add_row(str(index), *(str(getattr(trial, axis)) for axis in AXES), f"{spec.cpu:g}", f"{spec.gpu:g}", own)
     console.print(table)
     console.print("GPU shares apply only where the cluster has GPUs; elsewhere trials ask for none.")
+    if status:
+        print(status)
     print(f"{len(experiment.trials)} trials")
 
 
@@ -139,10 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not experiment.trials:
             raise ExperimentError(f"{args.experiment}: no trial left after --only {' --only '.join(args.only)}")
         settings = trial_settings(experiment)  # every trial's settings, as its trainable builds them
-        if args.dry_run:
-            print_trials(experiment, console)
-            return 0
+        if args.report_every < 0:
+            raise ExperimentError(f"--report-every {args.report_every}: expected a whole number >= 1 (0: off)")
         name = check_run_name(args.name if args.name is not None else experiment.name)
+        if args.dry_run:
+            run_dir = Path(args.storage).expanduser().resolve() / name
+            plan = plan_trials(run_dir, experiment.keys().values())
+            print_trials(experiment, console, status=f"in {run_dir}: {plan.summary()}")
+            return 0
         storage = check_storage(args.storage)
         if raw.get("prepare"):
             run_prepare_hook(raw["prepare"], args.experiment)
@@ -161,14 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sweep.runner import run_sweep  # Ray is imported only once there is something to run
     from sweep.trainable import TUNE_ERROR_FILE, failure_reason
 
+    refresher = ReportRefresher(storage / name, args.report_every) if args.report_every else None
     try:
         results = run_sweep(experiment, storage, name, address=args.address, fresh=args.fresh,
-                            live=not args.no_live, num_cpus=args.num_cpus)
+                            live=not args.no_live, num_cpus=args.num_cpus,
+                            log=args.log or not sys.stdout.isatty(), on_finished=refresher)
     except ExperimentError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if refresher is not None:
+            refresher.wait()
     errors = [r for r in results if r.error]
-    print(f"{len(results) - len(errors)} trials finished, {len(errors)} failed; results in {storage / name}")
+    print(f"{results.finished} trials finished, {len(errors)} failed; results in {storage / name}")
     for result in errors:
         folder = Path(result.path)
         print(f"  failed: {folder.name}: {failure_reason(folder, result.error)} (log: {folder / TUNE_ERROR_FILE})")

@@ -1,16 +1,26 @@
-"""A live terminal view of the sweep (rich): trials done, running, failed, pending, and time,
-with each failed trial's one-line reason and the path of its full log.
+"""What the sweep shows while it runs: a live terminal view (rich), or one plain line per event
+for logs and CI (`--log`, or automatic when stdout is not a terminal).
 
-Tune sees it through `ViewRelay`, a stateless Tune callback that forwards Tune's events to the
-view this driver process has open. Tune saves its callbacks with the experiment (`tuner.pkl`)
+The live view has the counts (done, running, failed, pending), the elapsed time and the
+experiment's ETA, one row per running trial (model, task, method, seed, phase, step/total,
+loss, elapsed, ETA), and each failed trial's one-line reason with the path of its full log. ETAs
+come from the durations of finished trials (those of earlier runs of the experiment included),
+per (model, task, method) where one of that kind has finished, else over all of them.
+
+Tune sees the view through `ViewRelay`, a stateless Tune callback that forwards Tune's events to
+the view this driver process has open. Tune saves its callbacks with the experiment (`tuner.pkl`)
 and a restored experiment gets them back, not the callbacks of the driver restoring it; the
 relay it gets back forwards to the new driver's view, so no callback needs replacing.
 """
 from __future__ import annotations
 
+import io
+import sys
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from ray.tune import Callback
 from rich.console import Console, Group
@@ -21,7 +31,9 @@ from rich.text import Text
 from sweep.trainable import TUNE_ERROR_FILE, failure_reason
 
 FAILURES_SHOWN = 10  # the newest failures listed under the table; the summary lists them all
+STARTING_PHASE = "load"  # a trial that has reported nothing yet is loading its inputs and pairs
 _OPEN_VIEWS: list["SweepProgress"] = []  # the views of this process (normally one)
+MODES = ("live", "log", "quiet")  # quiet: counts only (Tune prints its own output)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -33,6 +45,44 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def trial_group(config: Mapping[str, Any]) -> str:
+    """Trials of one group take about as long as each other: same model, task and method."""
+    return f"{config.get('model')}/{config.get('task')}/{config.get('realign')}"
+
+
+@dataclass
+class RunningTrial:
+    """What the view knows of a running trial: its axes and its last progress report."""
+
+    model: str
+    task: str
+    method: str
+    seed: Any
+    started: float
+    key: str = ""  # the trial's content key (sweep.experiment.trial_key), else Tune's trial id
+    phase: str = STARTING_PHASE
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    reported: bool = field(default=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.task} {self.method} s{self.seed}"
+
+    @property
+    def group(self) -> str:
+        return f"{self.model}/{self.task}/{self.method}"
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN: the report had no loss
+
+
 class ViewRelay(Callback):
     """Tune's callback: forwards trial events to the views open in this process."""
 
@@ -42,7 +92,12 @@ class ViewRelay(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for view in _OPEN_VIEWS:
-            view.trial_started(trial.trial_id)
+            view.trial_started(trial.trial_id, (trial.config or {}).get("trial", {}))
+            view.count(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        for view in _OPEN_VIEWS:
+            view.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for view in _OPEN_VIEWS:
@@ -51,7 +106,7 @@ class ViewRelay(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for view in _OPEN_VIEWS:
-            view.trial_failed(str(trial), Path(trial.path))
+            view.trial_failed(str(trial), Path(trial.path), trial.trial_id)
             view.count(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -59,77 +114,198 @@ class ViewRelay(Callback):
             view.count(trials)
 
 
-class SweepProgress:
-    """Counts trial states (from Tune's own trial list, so resumed sweeps count their finished
-    trials) and estimates the time left from the mean duration of trials finished here.
-    `done` is what is known finished before Tune reports anything (a restored run)."""
+def _key(trial: Any) -> str:
+    config = getattr(trial, "config", None) or {}
+    return str(config.get("trial", {}).get("key") or trial.trial_id)
 
-    def __init__(self, total: int, console: Console | None = None, done: int = 0) -> None:
+
+class SweepProgress:
+    """Counts trial states and shows the running trials.
+
+    `total` is the experiment's trial count and `done` how many were finished before this driver
+    run. `keys`, when given, are the content keys of the trials this run has to run (to resume or
+    new): Tune's trial lists (one per batch, and a restored batch holds its finished trials and
+    trials the experiment no longer has) are counted only for those. `todo` counts the groups
+    (`trial_group`) of the trials still to run, `durations` the finished ones' times by group.
+    `on_finished(n)` is called with the number of trials finished in this driver run after each
+    one (the report refresh). `clock` is injectable for tests."""
+
+    def __init__(self, total: int, console: Console | None = None, done: int = 0, mode: str = "live",
+                 todo: Mapping[str, int] | None = None, durations: Iterable[tuple[str, float]] = (),
+                 on_finished: Callable[[int], None] | None = None, log: TextIO | None = None,
+                 keys: Iterable[str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if mode not in MODES:
+            raise ValueError(f"view mode {mode!r}: expected one of {', '.join(MODES)}")
         self.total = total
+        self.mode = mode
+        self.clock = clock
+        self.done_before = done
+        self.keys = set(keys) if keys is not None else None
+        self.status: dict[str, str] = {}  # trial key -> its last Tune status, across batches
         self.counts = {"done": done, "running": 0, "failed": 0}
-        self.started_at: dict[str, float] = {}  # trial id -> start time, trials started here
-        self.durations: list[float] = []
+        self.running: dict[str, RunningTrial] = {}  # Tune trial id -> its row
+        self.todo: Counter[str] = Counter(todo or {})
+        self.durations: dict[str, list[float]] = {}
+        for group, seconds in durations:
+            self.durations.setdefault(group, []).append(seconds)
+        self.finished_here = 0
         self.failures: list[str] = []  # one line per failed trial: name, reason, log
-        self.started = time.monotonic()
+        self.started = clock()
         self.console = console or Console(stderr=True)
+        self.log_stream = log
+        self.on_finished = on_finished
         self.live: Live | None = None
 
     # --- events (from ViewRelay) ------------------------------------------------------------------
     def count(self, trials: list) -> None:
-        statuses = [trial.status for trial in trials]
-        self.counts = {
-            "done": statuses.count("TERMINATED"),
-            "running": statuses.count("RUNNING"),
-            "failed": statuses.count("ERROR"),
-        }
+        for trial in trials:
+            key = _key(trial)
+            if self.keys is None or key in self.keys:
+                self.status[key] = trial.status
+        self._recount()
+
+    def _recount(self) -> None:
+        statuses = Counter(self.status.values())
+        self.counts = {"done": self.done_before + statuses["TERMINATED"], "running": statuses["RUNNING"],
+                       "failed": statuses["ERROR"]}
         self.refresh()
 
-    def trial_started(self, trial_id: str) -> None:
-        self.started_at[trial_id] = time.monotonic()
+    def trial_started(self, trial_id: str, config: Mapping[str, Any] | None = None) -> None:
+        config = config or {}
+        row = RunningTrial(str(config.get("model", "?")).split("/")[-1], str(config.get("task", "?")),
+                           str(config.get("realign", "?")), config.get("seed", "?"), self.clock(),
+                           key=str(config.get("key") or trial_id))
+        if self.keys is not None and row.key not in self.keys:
+            return  # a trial the experiment no longer has: it stops at once (sweep.trainable)
+        self.running[trial_id] = row
+        self.emit("start", row.label)
+
+    def trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        row = self.running.get(trial_id)
+        phase = result.get("phase")
+        if row is None or not phase or phase == "done":
+            return
+        changed = phase != row.phase or not row.reported
+        row.phase, row.reported = str(phase), True
+        step, total = _number(result.get("step")), _number(result.get("total"))
+        row.step = int(step) if step is not None else None
+        row.total = int(total) if total else None
+        row.loss = _number(result.get("loss"))
+        if changed:
+            self.emit("phase", f"{row.label}: {row.phase}")
+        self.refresh()
 
     def trial_completed(self, trial_id: str) -> None:
-        start = self.started_at.pop(trial_id, None)
-        if start is not None:
-            self.durations.append(time.monotonic() - start)
+        row = self.running.pop(trial_id, None)
+        if row is None:
+            return
+        seconds = self.clock() - row.started
+        self.durations.setdefault(row.group, []).append(seconds)
+        if self.todo[row.group] > 0:
+            self.todo[row.group] -= 1
+        self.finished_here += 1
+        self.status[row.key] = "TERMINATED"
+        self._recount()
+        self.emit("done", f"{row.label} in {format_duration(seconds)} "
+                          f"({self.counts['done']}/{self.total} done, ETA {format_duration(self.remaining_seconds())})")
+        if self.on_finished is not None:
+            self.on_finished(self.finished_here)
 
-    def trial_failed(self, name: str, trial_dir: Path) -> None:
-        self.failures.append(f"{name}: {failure_reason(trial_dir)} (log: {trial_dir / TUNE_ERROR_FILE})")
+    def trial_failed(self, name: str, trial_dir: Path, trial_id: str | None = None) -> None:
+        row = self.running.pop(trial_id, None) if trial_id is not None else None
+        if row is not None:
+            self.status[row.key] = "ERROR"
+            if self.todo[row.group] > 0:  # not to be run again in this driver run
+                self.todo[row.group] -= 1
+            self._recount()
+        line = f"{name}: {failure_reason(trial_dir)} (log: {trial_dir / TUNE_ERROR_FILE})"
+        self.failures.append(line)
+        self.emit("failed", line)
         self.refresh()
 
-    # --- rendering -----------------------------------------------------------------------------
+    # --- estimates -----------------------------------------------------------------------------
+    def expected_seconds(self, group: str) -> float | None:
+        """A trial's expected duration: the mean of its group's finished trials, else of all."""
+        seconds = self.durations.get(group) or [s for group_times in self.durations.values() for s in group_times]
+        return sum(seconds) / len(seconds) if seconds else None
+
+    def trial_eta(self, row: RunningTrial) -> float | None:
+        expected = self.expected_seconds(row.group)
+        elapsed = self.clock() - row.started
+        if expected is not None:
+            return max(expected - elapsed, 0.0)
+        if row.total and row.step:  # nothing finished yet: this phase's own rate
+            return elapsed * (row.total - row.step) / row.step
+        return None
+
     @property
     def pending(self) -> int:
         return max(self.total - sum(self.counts.values()), 0)
 
     def remaining_seconds(self) -> float | None:
+        """The work left (running trials' ETAs and the pending trials' expected durations) over
+        the trials running side by side."""
         if not self.durations:
             return None
-        mean = sum(self.durations) / len(self.durations)
-        running = self.counts["running"]
-        return mean * (self.pending + running / 2) / max(running, 1)
+        work = 0.0
+        running_groups = Counter(row.group for row in self.running.values())
+        for row in self.running.values():
+            work += self.trial_eta(row) or 0.0
+        for group, count in self.todo.items():
+            waiting = max(count - running_groups[group], 0)
+            if waiting:
+                work += waiting * (self.expected_seconds(group) or 0.0)
+        return work / max(len(self.running), 1)
 
+    # --- rendering -----------------------------------------------------------------------------
     def render(self) -> Group:
         table = Table(title="sweep", show_header=True, header_style="bold")
-        for column in ("done", "running", "failed", "pending", "elapsed", "remaining"):
+        for column in ("done", "running", "failed", "pending", "elapsed", "ETA"):
             table.add_column(column, justify="right")
         table.add_row(
             f"{self.counts['done']}/{self.total}",
             str(self.counts["running"]),
             str(self.counts["failed"]),
             str(self.pending),
-            format_duration(time.monotonic() - self.started),
+            format_duration(self.clock() - self.started),
             format_duration(self.remaining_seconds()),
         )
-        lines = [Text(f"failed: {line}", style="red") for line in self.failures[-FAILURES_SHOWN:]]
-        return Group(table, *lines)
+        parts: list[Any] = [table]
+        if self.running:
+            rows = Table(title="running trials", show_header=True, header_style="bold")
+            for column, justify in (("model", "left"), ("task", "left"), ("method", "left"), ("seed", "right"),
+                                    ("phase", "left"), ("step", "right"), ("loss", "right"), ("elapsed", "right"),
+                                    ("ETA", "right")):
+                rows.add_column(column, justify=justify)
+            for row in sorted(self.running.values(), key=lambda r: r.started):
+                step = "" if row.step is None else (f"{row.step}/{row.total}" if row.total else str(row.step))
+                rows.add_row(row.model, row.task, row.method, str(row.seed), row.phase, step,
+                             "" if row.loss is None else f"{row.loss:.4f}",
+                             format_duration(self.clock() - row.started), format_duration(self.trial_eta(row)))
+            parts.append(rows)
+        parts += [Text(f"failed: {line}", style="red") for line in self.failures[-FAILURES_SHOWN:]]
+        return Group(*parts)
+
+    def render_text(self, width: int = 120) -> str:
+        """The live view as plain text (what a terminal of that width shows)."""
+        console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+        console.print(self.render())
+        return console.export_text()
+
+    def emit(self, event: str, detail: str) -> None:
+        """One line per event in log mode: time since the start, the event, what it concerns."""
+        if self.mode == "log":
+            stream = self.log_stream or sys.stdout
+            print(f"[{format_duration(self.clock() - self.started)}] {event:<6} {detail}", file=stream, flush=True)
 
     def refresh(self) -> None:
         if self.live is not None:
             self.live.update(self.render())
 
     def __enter__(self) -> "SweepProgress":
-        self.live = Live(self.render(), console=self.console, refresh_per_second=2)
-        self.live.start()
+        if self.mode == "live":
+            self.live = Live(self.render(), console=self.console, refresh_per_second=2)
+            self.live.start()
         _OPEN_VIEWS.append(self)
         return self
 
@@ -140,3 +316,6 @@ class SweepProgress:
         if self.live is not None:
             self.live.stop()
             self.live = None
+        if self.mode == "log":
+            self.emit("end", f"{self.counts['done']}/{self.total} done, {self.counts['failed']} failed, "
+                             f"{self.pending} pending")

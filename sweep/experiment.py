@@ -19,8 +19,10 @@ the settings `eval_pairs` / `eval_corpus`, by default the first pair source and 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,12 @@ EXPERIMENT_KEYS: tuple[str, ...] = ("name", "description", "settings", "models",
 GRID_KEYS: tuple[str, ...] = AXES + ("settings",)
 MODEL_KEYS: tuple[str, ...] = ("source", "env", "gpu", "cpu")
 NO_REALIGNMENT = "none"
+# Bump when the code changes what a trial computes for the same axes, settings and model: its
+# content key changes, so the sweep runs it again instead of keeping the old numbers.
+PROTOCOL_VERSION = 1
+# Settings that change where a trial's work is stored or how fast it runs, never its numbers.
+SETTINGS_OUTSIDE_IDENTITY: tuple[str, ...] = ("cache_dir",)
+TRIAL_KEY_LENGTH = 12
 
 
 class ExperimentError(ValueError):
@@ -78,6 +86,32 @@ class Trial:
         }
 
 
+def protocol_version() -> str:
+    """The engine's protocol version with the science's own output versions (alignment
+    measurement, task features, word pairs): each one bumped changes every trial's key."""
+    from trainables.alignment import MEASUREMENT_VERSION
+    from trainables.pairs import PAIRS_FORMAT_VERSION
+    from trainables.tasks import FEATURES_VERSION
+
+    return f"{PROTOCOL_VERSION}/align{MEASUREMENT_VERSION}/features{FEATURES_VERSION}/pairs{PAIRS_FORMAT_VERSION}"
+
+
+def trial_identity(trial: Trial, model: ModelSpec, protocol: str) -> dict[str, Any]:
+    """What decides a trial's numbers: its axes, its settings, its model's source and the
+    protocol version. Not its resources, its place in a Tune run or the code's commit."""
+    settings = {k: v for k, v in trial.settings if k not in SETTINGS_OUTSIDE_IDENTITY}
+    return {"model": trial.model, "model_source": model.source, "task": trial.task, "realign": trial.realign,
+            "pairs": trial.pairs, "corpus": trial.corpus, "seed": trial.seed, "settings": settings,
+            "protocol": protocol}
+
+
+def trial_key(trial: Trial, model: ModelSpec, protocol: str | None = None) -> str:
+    """A trial's content key: a short hash of `trial_identity`."""
+    identity = trial_identity(trial, model, protocol if protocol is not None else protocol_version())
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:TRIAL_KEY_LENGTH]
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -96,6 +130,11 @@ class Experiment:
         wanted = {k: {v} if isinstance(v, str) else {str(x) for x in v} for k, v in only.items()}
         kept = tuple(t for t in self.trials if all(str(getattr(t, k)) in v for k, v in wanted.items()))
         return Experiment(self.name, self.description, self.models, kept, self.n_grid_points, self.source)
+
+    def keys(self) -> dict[Trial, str]:
+        """Each trial's content key (`trial_key`), in trial order."""
+        protocol = protocol_version()
+        return {trial: trial_key(trial, self.models[trial.model], protocol) for trial in self.trials}
 
 
 def load_experiment_file(path: str | os.PathLike) -> Mapping[str, Any]:
@@ -241,7 +280,7 @@ def _check_langs(settings: Settings, where: str) -> None:
 
     for lang in settings.langs:
         if lang not in LANGUAGES or lang == "en":
-            valid = [l for l in LANGUAGES if l != "en"]
+            valid = [code for code in LANGUAGES if code != "en"]
             raise ExperimentError(f"{where}: settings: {unknown_name('target language', lang, valid)}")
 
 
@@ -289,18 +328,19 @@ def trial_settings(experiment: Experiment) -> dict[Trial, Settings]:
 
 
 def model_num_layers(source: str) -> int | None:
-    """`num_hidden_layers` from a model's config.json (a local folder, or the hub when online);
-    None when it cannot be read here (a missing folder is reported by the preflight checks)."""
+    """The layer count of a model, as its family reads it from its config.json (a local folder,
+    or the hub when online); None when it cannot be read here (a missing folder is reported by
+    the preflight checks)."""
     from trainables.data import is_offline
+    from trainables.models import model_family
 
     try:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(source, local_files_only=is_offline() or os.path.isdir(source))
-    except Exception:  # unreadable or unreachable: nothing to check against
+        return model_family(config).num_layers(config)
+    except Exception:  # unreadable, unreachable or no family: nothing to check against
         return None
-    layers = getattr(config, "num_hidden_layers", None)
-    return int(layers) if isinstance(layers, int) else None
 
 
 def realign_layer_problems(experiment: Experiment, settings: Mapping[Trial, Settings]) -> list[str]:

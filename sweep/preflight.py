@@ -61,6 +61,13 @@ def preflight_problems(experiment: Experiment) -> list[str]:
             needs.add(("dictionary", "muse", settings.langs, settings.data_dir))
         if trial.pairs == "awesome" and looks_like_local_path(settings.awesome_model):
             folders.setdefault(settings.awesome_model, "setting awesome_model")
+    if any(trial.pairs == "fastalign" for trial in experiment.trials):
+        from trainables.pairs import fastalign_backend
+
+        try:  # systran-align, or the fast_align and atools programs on PATH
+            fastalign_backend()
+        except ValueError as error:
+            problems.append(_one_line(error))
     problems.extend(model_folder_problems(folders))
     already_read: set[Path] = set()  # a file several needs share is read once
     for kind, name, langs, data_dir in sorted(needs, key=str):

@@ -17,24 +17,25 @@ its experiment state, which a killed driver never does:
   fix it (`trainables.errors.is_deterministic`). Tune retries every failure (`FailureConfig`
   has no per-exception policy): a retry of a deterministic failure, in the same driver run,
   raises at once instead of redoing the work. A new driver run (the user may have fixed the
-  input) tries again.
+  input) tries again;
+- `sweep-skipped.json`: the trial was not started because its experiment no longer has it (a
+  restored batch brings back every trial it saved; see sweep.ledger).
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import AbstractSet, Any, Callable, Mapping
 
 from ray import tune
 
+from sweep.ledger import FINAL_FILE, SKIPPED_FILE, read_json, write_json
 from trainables.cache import atomic_save
 from trainables.errors import is_deterministic
 
 STATE_FILE = "state.pt"
 STARTS_FILE = "sweep-starts.txt"
-FINAL_FILE = "sweep-final.json"
 FAILURE_FILE = "sweep-failure.json"
 TUNE_ERROR_FILE = "error.txt"  # Tune's: the traceback of every failure of the trial
 # Fault injection for the resilience tests: the worker process dies (as if killed) right after
@@ -47,23 +48,6 @@ class RecordedFailure(ValueError):
 
 
 # --- records in the trial folder ---------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def write_json(path: Path, value: Any) -> None:
-    atomic_save(value, path, lambda v, p: p.write_text(json.dumps(v, default=_jsonable)))
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # absent, or not ours: no record
-        return None
 
 
 def count_start(trial_dir: Path) -> int:
@@ -125,14 +109,19 @@ def report_to_tune(metrics: Mapping[str, Any], state: Mapping[str, Any] | None =
         tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: str) -> None:
+def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: str,
+                      wanted: AbstractSet[str] | None = None) -> None:
     """One trial in a Tune worker; `trial_dir` is its folder in the run, `driver_run` names the
-    driver run that scheduled it (a deterministic failure is not retried within one)."""
+    driver run that scheduled it (a deterministic failure is not retried within one); `wanted`,
+    when given, are the content keys the experiment has now: any other trial stops unstarted."""
     trial_dir = Path(trial_dir)
     final = read_json(trial_dir / FINAL_FILE)
     if isinstance(final, dict):
         tune.report(final)  # finished before the driver recorded it: the same result, nothing rerun
         return
+    if wanted is not None and config["trial"].get("key") not in wanted:
+        write_json(trial_dir / SKIPPED_FILE, {"driver_run": driver_run})
+        return  # Tune records it as terminated without results; the analysis never reads it
     failure = read_json(trial_dir / FAILURE_FILE)
     if isinstance(failure, dict) and failure.get("deterministic") and failure.get("driver_run") == driver_run:
         raise RecordedFailure(f"{failure['reason']} (not retried: it fails the same way every time; "
@@ -199,13 +188,15 @@ def trial_resources(gpus_available: bool) -> Callable[[Mapping[str, Any]], tune.
     return request
 
 
-def make_trainable(gpus_available: bool, run_dir: Path, driver_run: str) -> Any:
+def make_trainable(gpus_available: bool, run_dir: Path, driver_run: str,
+                   wanted: AbstractSet[str] | None = None) -> Any:
     """The trainable of one driver run. Each trial's folder is `run_dir/<trial name>` (the runner
-    names folders after trials); the storage must be shared by every node, as Tune requires for
-    its checkpoints."""
+    names folders after trials; `run_dir` is the batch's Tune run); the storage must be shared by
+    every node, as Tune requires for its checkpoints. `wanted`: see `run_trial_in_tune`."""
     run_dir_text = str(run_dir)
+    wanted = frozenset(wanted) if wanted is not None else None
 
     def sweep_trial(config: Mapping[str, Any]) -> None:
-        run_trial_in_tune(config, Path(run_dir_text) / tune.get_context().get_trial_name(), driver_run)
+        run_trial_in_tune(config, Path(run_dir_text) / tune.get_context().get_trial_name(), driver_run, wanted)
 
     return tune.with_resources(sweep_trial, trial_resources(gpus_available))

@@ -33,7 +33,8 @@ def e5_small() -> Path:
 
 @pytest.fixture(scope="session")
 def toy_assets(tmp_path_factory) -> tuple[Path, Path]:
-    """(data_dir, model_dir) of the generated toy world, made once per test session."""
-    from trainables.toy import write_toy
+    """(data_dir, model_dir) of the generated toy world, made once per test session. The model has
+    the quick default pre-training (seconds), not the demo's: the tests check mechanics."""
+    from toyworld import write_toy
 
     return write_toy(tmp_path_factory.mktemp("toy"))

@@ -11,15 +11,13 @@ import sys
 import textwrap
 import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from trainables import data
 from trainables.cache import atomic_save, cache_key, cached
 from trainables.data import (
-    NLI_LABELS,
-    UPOS_TAGS,
-    WIKIANN_TAGS,
     DataSourceError,
     Subset,
     check_available,
@@ -34,6 +32,7 @@ from trainables.data import (
     resolve_cache_dir,
     resolve_data_dir,
 )
+from trainables.tasks import NLI_LABELS, UPOS_TAGS, WIKIANN_TAGS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -75,7 +74,7 @@ def test_real_split_counts_and_labels(task, split, lang, count):
         assert {e["label"] for e in examples} == set(NLI_LABELS)
         assert all(e["premise"] and e["hypothesis"] for e in examples)
     else:
-        tags = UPOS_TAGS if task == "udpos" else set(WIKIANN_TAGS)
+        tags = set(UPOS_TAGS if task == "udpos" else WIKIANN_TAGS)
         labels = {label for e in examples for label in e["labels"]}
         assert labels <= tags and len(labels) > 5
         assert all(len(e["words"]) == len(e["labels"]) > 0 for e in examples)
@@ -218,6 +217,24 @@ def test_hub_result_is_converted_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEP_OFFLINE", "1")  # the cached copy needs no remote
     again = load_task_split("wikiann", "dev", "es", data_dir=tmp_path, cache_dir=tmp_path / "cache")
     assert again == first and len(calls) == 1
+
+
+class HubRows(list):
+    """Hub rows whose `label` column declares its ClassLabel names, as a hub dataset does."""
+
+    def __init__(self, rows, names):
+        super().__init__(rows)
+        self.features = {"label": SimpleNamespace(names=names)}
+
+
+def test_hub_labels_are_the_declared_names_and_must_be_the_tasks(tmp_path, monkeypatch):
+    row = {"premise": "A", "hypothesis": "B", "label": 0}
+    monkeypatch.setattr(data, "_hub_rows", lambda *args: HubRows([row], ["neutral", "entailment", "contradiction"]))
+    # the declared order wins over the task's
+    assert load_task_split("xnli", "test", "es", data_dir=tmp_path, cache_dir=tmp_path / "a")[0]["label"] == "neutral"
+    monkeypatch.setattr(data, "_hub_rows", lambda *args: HubRows([row], ["entailment", "neutral", "contradiction", "x"]))
+    with pytest.raises(DataSourceError, match=r"hub facebook/xnli \(es\): label 'x' is not one of entailment neutral"):
+        load_task_split("xnli", "test", "es", data_dir=tmp_path, cache_dir=tmp_path / "b")
 
 
 def test_first_subset_streams_only_what_it_needs(tmp_path, monkeypatch):

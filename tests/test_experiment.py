@@ -152,7 +152,7 @@ def test_bad_resources_and_settings_fail_in_one_line(tmp_path, capsys, changes, 
 @pytest.mark.parametrize(
     "call, message",
     [("no_such_module_xyz:make", "cannot import 'no_such_module_xyz'"),
-     ("trainables.toy:no_such_function", "'trainables.toy' has no 'no_such_function'")],
+     ("toyworld:no_such_function", "'toyworld' has no 'no_such_function'")],
 )
 def test_prepare_naming_a_missing_module_or_function(tmp_path, capsys, call, message):
     path = write_experiment(tmp_path / "exp.py", prepare=dict(call=call))

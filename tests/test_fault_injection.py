@@ -45,7 +45,9 @@ def command(experiment: Path, storage: Path) -> list[str]:
 
 
 def finals(run_dir: Path) -> dict[str, dict]:
-    return {path.parent.name: json.loads(path.read_text()) for path in run_dir.glob(f"*/{FINAL_FILE}")}
+    """Each finished trial's final record, by its folder relative to the run (batch/trial)."""
+    return {str(path.parent.relative_to(run_dir)): json.loads(path.read_text())
+            for path in run_dir.glob(f"run-*/*/{FINAL_FILE}")}
 
 
 def science(final: dict) -> dict:
@@ -76,7 +78,7 @@ def test_driver_killed_at_random_moments_loses_and_reruns_nothing(tmp_path, toy_
         driver = subprocess.Popen(command(experiment, storage), cwd=ROOT, start_new_session=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Kill at a random moment once trials run: while a trial trains, as it finishes, between two.
-        while not any(run_dir.glob(f"*/{STARTS_FILE}")) and driver.poll() is None:
+        while not any(run_dir.glob(f"run-*/*/{STARTS_FILE}")) and driver.poll() is None:
             time.sleep(0.2)
         time.sleep(rng.uniform(0.5, 8.0))
         if driver.poll() is None:

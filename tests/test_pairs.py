@@ -207,6 +207,124 @@ def test_fastalign_survives_separator_tokens_and_empty_lines():
     assert 1 not in set(table["sentence"])
 
 
+# --- fastalign without systran-align: clab/fast_align's programs on PATH -------------------------
+
+# A fake `fast_align` logs its arguments, OMP_NUM_THREADS and the corpus it was given, and prints
+# one (ignored) line per sentence pair; a fake `atools` checks that it got both directional files
+# and prints the symmetrised alignment of FAKE_PHARAOH, which the test knows.
+FAKE_FAST_ALIGN = """\
+import json, os, sys
+args = sys.argv[1:]
+corpus = open(args[args.index("-i") + 1], encoding="utf-8").read().splitlines()
+with open(os.environ["FAKE_LOG"], "a", encoding="utf-8") as log:
+    log.write(json.dumps(dict(program="fast_align", args=args, threads=os.environ.get("OMP_NUM_THREADS"),
+                              corpus=corpus)) + "\\n")
+print("\\n".join("0-0" for _ in corpus))
+"""
+FAKE_ATOOLS = """\
+import json, os, sys
+args = sys.argv[1:]
+lines = [len(open(args[args.index(flag) + 1]).read().splitlines()) for flag in ("-i", "-j")]
+with open(os.environ["FAKE_LOG"], "a", encoding="utf-8") as log:
+    log.write(json.dumps(dict(program="atools", args=args, lines=lines)) + "\\n")
+sys.stdout.write(open(os.environ["FAKE_PHARAOH"], encoding="utf-8").read())
+"""
+
+
+def install_fake_programs(tmp_path: Path, monkeypatch, pharaoh: str, programs=("fast_align", "atools")) -> Path:
+    """Fake programs alone on PATH, systran_align made unimportable; returns the log file."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in programs:
+        script = bin_dir / name
+        script.write_text(f"#!{sys.executable}\n" + (FAKE_FAST_ALIGN if name == "fast_align" else FAKE_ATOOLS))
+        script.chmod(0o755)
+    (tmp_path / "pharaoh.txt").write_text(pharaoh, encoding="utf-8")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "log.jsonl"))
+    monkeypatch.setenv("FAKE_PHARAOH", str(tmp_path / "pharaoh.txt"))
+    monkeypatch.setitem(sys.modules, "systran_align", None)  # `import systran_align` now fails
+    return tmp_path / "log.jsonl"
+
+
+def test_fastalign_backend_prefers_systran_align_then_the_programs(tmp_path, monkeypatch):
+    # A stand-in systran_align module makes the library "installed" whatever this machine has.
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "systran_align.py").write_text("", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert pairs_module.fastalign_backend() == "systran-align"
+    library_key = PairContext().cache_parts("fastalign", "es")
+
+    install_fake_programs(tmp_path, monkeypatch, "")
+    assert pairs_module.fastalign_backend() == "fast_align"
+    programs_key = PairContext().cache_parts("fastalign", "es")
+    assert library_key != programs_key and {library_key["backend"], programs_key["backend"]} == {
+        "systran-align", "fast_align"}
+
+
+@pytest.mark.parametrize("programs", [(), ("fast_align",), ("atools",)])
+def test_fastalign_without_either_way_fails_in_one_line_naming_both(tmp_path, monkeypatch, programs):
+    install_fake_programs(tmp_path, monkeypatch, "", programs=programs)
+    for attempt in (pairs_module.fastalign_backend,
+                    lambda: fastalign_source([["a"]], [["b"]], "es", PairContext()),
+                    lambda: PairContext().cache_parts("fastalign", "es")):
+        with pytest.raises(ValueError) as failure:
+            attempt()
+        message = str(failure.value)
+        assert "\n" not in message and "'fastalign'" in message
+        assert "pip install systran-align" in message and "fast_align and atools programs" in message
+    # the other pair sources do not need fast_align
+    assert set(PairContext(data_dir=str(tmp_path)).cache_parts("dico", "es")) == {"lowercase", "dictionary", "muse"}
+    assert len(pairs_from_dictionary([["red"]], [["rojo"]], {"red": frozenset({"rojo"})},
+                                     {"rojo": frozenset({"red"})})) == 1
+
+
+def test_fastalign_programs_run_as_the_reference_script_and_their_links_become_pairs(tmp_path, monkeypatch):
+    en_words = [["the", "cat", "sleeps"], [], ["a", "dog", "|||", "Paris"], ["hello"]]
+    x_words = [["el", "gato", "duerme"], ["x"], ["un", "perro", "ladra", "Paris"], ["hola"]]
+    # Sentence 1 has an empty side: the programs see sentences 0, 2 and 3 as lines 1-3. Line 2:
+    # "dog" links to two words (dropped with both links), Paris-Paris is identical (dropped).
+    # Line 3 has no links.
+    log = install_fake_programs(tmp_path, monkeypatch, "0-0 1-1 2-2\n0-0 1-1 1-2 3-3\n\n")
+    context = PairContext(fastalign_iterations=7, fastalign_optimize_tension=False)
+    table = fastalign_source(en_words, x_words, "es", context)
+    pd.testing.assert_frame_equal(table, frame([
+        (0, 0, 0, "the", "el"), (0, 1, 1, "cat", "gato"), (0, 2, 2, "sleeps", "duerme"), (2, 0, 0, "a", "un")]))
+
+    import json
+
+    calls = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [c["program"] for c in calls] == ["fast_align", "fast_align", "atools"]
+    forward, reverse, symmetrise = calls
+    corpus = forward["args"][1]
+    assert forward["args"] == ["-i", corpus, "-I", "7", "-d", "-v"]  # -o off in this context
+    assert reverse["args"] == ["-i", corpus, "-I", "7", "-d", "-v", "-r"]
+    assert forward["threads"] == reverse["threads"] == "1"  # single-threaded EM: deterministic
+    assert forward["corpus"] == ["the cat sleeps ||| el gato duerme", "a dog <bars> Paris ||| un perro ladra Paris",
+                                 "hello ||| hola"]
+    assert symmetrise["args"][-2:] == ["-c", "grow-diag-final-and"] and symmetrise["lines"] == [3, 3]
+
+
+@pytest.mark.parametrize("pharaoh, error", [
+    ("0-0\n0-0\n", "2 alignment lines for 3 sentence pairs"),
+    ("0-0\n0-x\n1-1\n", "line 2 is not Pharaoh format"),
+    ("0-0\n0-0\n0-1\n", "a link points past the end of its sentence"),
+])
+def test_fastalign_programs_bad_output_is_reported(tmp_path, monkeypatch, pharaoh, error):
+    install_fake_programs(tmp_path, monkeypatch, pharaoh)
+    with pytest.raises(RuntimeError, match=error):
+        fastalign_source([["a"], ["b"], ["c"]], [["x"], ["y"], ["z"]], "es", PairContext())
+
+
+def test_parse_pharaoh_by_hand():
+    links = pairs_module.parse_pharaoh("0-0 1-2\n\n3-1\n", 3, "test")
+    assert links.dtype == np.int64 and links.tolist() == [[0, 0, 0], [0, 1, 2], [2, 3, 1]]
+    assert pairs_module.parse_pharaoh("\n\n", 2, "test").shape == (0, 3)
+
+
 def test_awesome_with_e5_small_on_real_lines(ntrex_es, muse_en_es):
     en_words, x_words = (side[:8] for side in ntrex_es)
     context = PairContext(awesome_model=str(E5_SMALL), awesome_batch_size=4)

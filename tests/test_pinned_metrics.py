@@ -14,7 +14,6 @@ import math
 import os
 from pathlib import Path
 
-import pytest
 
 from trainables.trial import run_trial
 

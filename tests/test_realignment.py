@@ -125,8 +125,9 @@ def test_projection_head_is_linear_relu_linear_without_bias():
 
 
 def test_methods_registry_and_did_you_mean():
-    assert set(REALIGN_METHODS) == {"none", "before", "joint"}
-    assert get_realign_method("before").sequential and not get_realign_method("before").joint
+    assert set(REALIGN_METHODS) == {"none", "before", "joint", "l2", "linear"}
+    for name in ("before", "l2", "linear"):
+        assert get_realign_method(name).sequential and not get_realign_method(name).joint
     assert get_realign_method("joint").joint and not get_realign_method("joint").sequential
     assert not get_realign_method("none").joint and not get_realign_method("none").sequential
     with pytest.raises(ValueError, match="did you mean 'joint'"):

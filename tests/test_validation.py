@@ -139,7 +139,7 @@ def test_experiment_and_command_line_settings_are_checked_before_anything_runs(t
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory) -> tuple[Path, Path]:
     """A very small toy data folder and an untrained one-layer BERT with its tokenizer."""
-    from trainables import toy
+    import toyworld as toy
 
     root = tmp_path_factory.mktemp("tiny")
     data = toy.write_toy_data(root / "data", langs=("es",), n_train=20, n_test=8, n_parallel=20)

@@ -57,7 +57,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trainables import data
 from trainables.cache import atomic_save
 from trainables.encoding import POOLINGS, encode_words, pool_words
+from trainables.models import model_family
 from trainables.pairs import PAIR_COLUMNS, PAIR_SOURCES, AlignedCorpus, PairContext, extract_pairs
+from trainables.realignment import input_language
 from trainables.runtime import autocast, eval_mode, resolve_device
 from trainables.settings import Settings
 from trainables.registry import unknown_name
@@ -304,7 +306,7 @@ def word_vectors_all_layers(
     """Vectors of the words `word_index[i] = (sentence, word)` at every layer: (L+1, N, H) fp32.
 
     Only the sentences that hold a requested word are encoded, `align_batch_size` at a time,
-    longest first; one forward pass with `output_hidden_states=True` gives all layers. Words
+    longest first; one forward pass gives all layers (the model family's `hidden_states`). Words
     pooled by `settings.align_pooling`. A word truncated away by `align_max_length` (None: the
     tokenizer's limit) gets a zero vector; with `return_present=True` the (N,) bool mask of
     words that have a vector is returned too. Result on the model's device.
@@ -313,6 +315,7 @@ def word_vectors_all_layers(
     max_length = resolve_max_length(tokenizer, settings.align_max_length)
     n_words = word_index.shape[0]
     device = _model_device(model)
+    family = model_family(model)
     unique, order, query_batch, query_row = _batch_plan(sentences, word_index[:, 0], settings.align_batch_size)
     batch_size = settings.align_batch_size
     vectors: torch.Tensor | None = None
@@ -322,8 +325,8 @@ def word_vectors_all_layers(
             batch_sentences = [sentences[i] for i in unique[order[start : start + batch_size]].tolist()]
             encoded = _encode(tokenizer, batch_sentences, max_length, settings)
             with autocast(settings, device):
-                output = model(**{k: v.to(device) for k, v in encoded.inputs.items()}, output_hidden_states=True)
-            hidden = torch.stack(output.hidden_states).float()  # (L+1, B, T, H)
+                hidden = family.hidden_states(model, encoded.inputs, device)
+            hidden = hidden.float()  # (L+1, B, T, H)
             words = pool_words(hidden, encoded, settings.align_pooling)  # (L+1, B, W, H)
             wanted = (query_batch == batch).nonzero().squeeze(1)
             rows, cols = query_row[wanted], word_index[wanted, 1]
@@ -454,9 +457,10 @@ def measure_alignment(
         src, src_present = word_vectors_all_layers(
             model, tokenizer, corpus.en_words, src_index, settings, return_present=True
         )
-        tgt, tgt_present = word_vectors_all_layers(
-            model, tokenizer, corpus.x_words, tgt_index, settings, return_present=True
-        )
+        with input_language(model, lang):  # a model with language maps (realign="linear") maps these
+            tgt, tgt_present = word_vectors_all_layers(
+                model, tokenizer, corpus.x_words, tgt_index, settings, return_present=True
+            )
         keep = src_present & tgt_present
         kept = int(keep.sum())
         dropped = len(sample) - kept

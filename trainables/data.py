@@ -41,6 +41,9 @@ from trainables.cache import (
     save_string_pairs,
 )
 from trainables.registry import did_you_mean, lookup, unknown_name
+# The label sets belong to the tasks (trainables/tasks.py); the readers check against the set of
+# the task that reads them, these being the formats' own tag sets by default.
+from trainables.tasks import NLI_LABELS, UPOS_TAGS, WIKIANN_TAGS, Task, get_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,12 +75,6 @@ MULTIUN_HUB = "Helsinki-NLP/multiun"
 
 SPLITS = ("train", "dev", "test")
 LANGUAGES = ("en", "ar", "es", "fr", "ru", "zh")  # the paper's languages (English = source)
-UPOS_TAGS = frozenset(
-    "ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split()
-)
-# WikiANN's integer tags on the hub, in ClassLabel order.
-WIKIANN_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
-NLI_LABELS = ("entailment", "neutral", "contradiction")  # hub ClassLabel order (MultiNLI, XNLI)
 NLI_HEADER = ("premise", "hypothesis", "label")
 
 # A split's name on the hub, where it differs from ours.
@@ -212,22 +209,23 @@ _CONLLU_WORD_ID = re.compile(r"[1-9][0-9]*")
 _CONLLU_OTHER_ID = re.compile(r"[1-9][0-9]*-[1-9][0-9]*|[0-9]+\.[1-9][0-9]*")  # ranges, empty nodes
 
 
-def read_conllu(path: Path) -> list[dict[str, list[str]]]:
+def read_conllu(path: Path, labels: Sequence[str] = UPOS_TAGS) -> list[dict[str, list[str]]]:
     """Sentences of a CoNLL-U file as {"words", "labels"} with UPOS labels.
 
     Multiword-token lines (ids that are ranges, e.g. "6-7") and empty nodes (ids like "8.1") are
     skipped: the syntactic words carry the tags. Every token line is checked (10 tab-separated
-    columns, a valid ID, a UPOS tag); a file that does not end with a blank line keeps its last
-    sentence.
+    columns, a valid ID, a UPOS tag among `labels`, the reading task's label set); a file that does
+    not end with a blank line keeps its last sentence.
     """
+    allowed = frozenset(labels)
     examples: list[dict[str, list[str]]] = []
     words: list[str] = []
-    labels: list[str] = []
+    tags: list[str] = []
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             if words:
-                examples.append({"words": words, "labels": labels})
-                words, labels = [], []
+                examples.append({"words": words, "labels": tags})
+                words, tags = [], []
             continue
         if line.startswith("#"):
             continue
@@ -241,31 +239,33 @@ def read_conllu(path: Path) -> list[dict[str, list[str]]]:
             continue
         if not _CONLLU_WORD_ID.fullmatch(token_id):
             raise DataSourceError(f"{path}:{number}: ID {token_id!r} is not a word index, range or empty node")
-        if upos not in UPOS_TAGS:
+        if upos not in allowed:
             raise DataSourceError(
-                f"{path}:{number}: word {form!r} has UPOS {upos!r}, expected one of {' '.join(sorted(UPOS_TAGS))}"
+                f"{path}:{number}: word {form!r} has UPOS {upos!r}, expected one of {' '.join(sorted(allowed))}"
             )
         words.append(form)
-        labels.append(upos)
+        tags.append(upos)
     if words:
-        examples.append({"words": words, "labels": labels})
+        examples.append({"words": words, "labels": tags})
     return examples
 
 
-def read_token_tsv(path: Path, lang: str) -> list[dict[str, list[str]]]:
-    """XTREME's PAN-X format: `token<TAB>IOB2 tag` lines, a blank line between sentences.
+def read_token_tsv(path: Path, lang: str, labels: Sequence[str] = WIKIANN_TAGS) -> list[dict[str, list[str]]]:
+    """XTREME's PAN-X format: `token<TAB>IOB2 tag` lines, a blank line between sentences; every
+    tag must be among `labels`, the reading task's label set.
 
     XTREME's raw files prefix tokens with the language ("en:Paris"); that prefix is removed.
     """
     prefix = f"{lang}:"
+    allowed = frozenset(labels)
     examples: list[dict[str, list[str]]] = []
     words: list[str] = []
-    labels: list[str] = []
+    tags: list[str] = []
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             if words:
-                examples.append({"words": words, "labels": labels})
-                words, labels = [], []
+                examples.append({"words": words, "labels": tags})
+                words, tags = [], []
             continue
         fields = line.split("\t")
         if len(fields) != 2:
@@ -275,17 +275,19 @@ def read_token_tsv(path: Path, lang: str) -> list[dict[str, list[str]]]:
         token, tag = fields
         if not token.strip():
             raise DataSourceError(f"{path}:{number}: empty token before the tag {tag!r}")
-        if tag not in WIKIANN_TAGS:
-            raise DataSourceError(f"{path}:{number}: tag {tag!r} is not one of {' '.join(WIKIANN_TAGS)}")
+        if tag not in allowed:
+            raise DataSourceError(f"{path}:{number}: tag {tag!r} is not one of {' '.join(labels)}")
         words.append(token[len(prefix):] if token.startswith(prefix) else token)
-        labels.append(tag)
+        tags.append(tag)
     if words:
-        examples.append({"words": words, "labels": labels})
+        examples.append({"words": words, "labels": tags})
     return examples
 
 
-def read_nli_tsv(path: Path) -> list[dict[str, str]]:
-    """`premise<TAB>hypothesis<TAB>label` lines (an optional header line is skipped)."""
+def read_nli_tsv(path: Path, labels: Sequence[str] = NLI_LABELS) -> list[dict[str, str]]:
+    """`premise<TAB>hypothesis<TAB>label` lines (an optional header line is skipped); every label
+    must be among `labels`, the reading task's label set."""
+    allowed = frozenset(labels)
     examples = []
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
@@ -298,8 +300,8 @@ def read_nli_tsv(path: Path) -> list[dict[str, str]]:
         if number == 1 and tuple(f.strip().lower() for f in fields) == NLI_HEADER:
             continue
         premise, hypothesis, label = fields
-        if label not in NLI_LABELS:
-            raise DataSourceError(f"{path}:{number}: label {label!r} is not one of {', '.join(NLI_LABELS)}")
+        if label not in allowed:
+            raise DataSourceError(f"{path}:{number}: label {label!r} is not one of {', '.join(labels)}")
         examples.append({"premise": premise, "hypothesis": hypothesis, "label": label})
     return examples
 
@@ -351,6 +353,107 @@ def read_muse(path: Path) -> list[tuple[str, str]]:
     return entries
 
 
+# --- writers for the same formats: each reader above reads back what its writer wrote ----------
+
+
+def _check_field(path: Path, item: int, name: str, value: str) -> str:
+    """A field of a tab/line format: a tab or a line break inside it would shift the columns."""
+    if not isinstance(value, str) or not value or any(c in value for c in "\t\n\r"):
+        raise ValueError(f"{path}: item {item}: {name} {value!r} must be a non-empty string without tabs or line breaks")
+    return value
+
+
+def _write_lines(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8", newline="\n")
+    return path
+
+
+def write_conllu(path: Path, sentences: Iterable[dict[str, Any]]) -> Path:
+    """Sentences as CoNLL-U, the format `read_conllu` reads.
+
+    Each sentence has "words" and "labels" (UPOS), and optionally "lemmas", "feats", "heads"
+    (1-based, 0 = root; default: every word attached to the first), "deprels", "space_after"
+    (bools; the MISC column gets UD's ``SpaceAfter=No``), "sent_id" and "text" (comment lines).
+    """
+    blocks = []
+    for item, sentence in enumerate(sentences):
+        words, labels = sentence["words"], sentence["labels"]
+        n = len(words)
+        if n == 0 or len(labels) != n:
+            raise ValueError(f"{path}: sentence {item}: {n} words and {len(labels)} labels (need as many, at least one)")
+        for label in labels:
+            if label not in UPOS_TAGS:
+                raise ValueError(f"{path}: sentence {item}: UPOS {label!r} is not one of {' '.join(sorted(UPOS_TAGS))}")
+        columns = {
+            "lemmas": sentence.get("lemmas") or ["_"] * n,
+            "feats": sentence.get("feats") or ["_"] * n,
+            "heads": sentence.get("heads") or [0] + [1] * (n - 1),
+            "deprels": sentence.get("deprels") or ["root"] + ["dep"] * (n - 1),
+            "space_after": sentence.get("space_after") or [True] * n,
+        }
+        for name, values in columns.items():
+            if len(values) != n:
+                raise ValueError(f"{path}: sentence {item}: {len(values)} {name} for {n} words")
+        lines = [f"# {key} = {sentence[key]}" for key in ("sent_id", "text") if sentence.get(key)]
+        for i in range(n):
+            misc = "_" if columns["space_after"][i] or i + 1 == n else "SpaceAfter=No"
+            fields = (str(i + 1), words[i], columns["lemmas"][i], labels[i], "_", columns["feats"][i],
+                      str(columns["heads"][i]), columns["deprels"][i], "_", misc)
+            for name, value in zip(("form", "lemma", "feats", "deprel"), (fields[1], fields[2], fields[5], fields[7])):
+                _check_field(path, item, name, value)
+            lines.append("\t".join(fields))
+        blocks.append("\n".join(lines) + "\n\n")
+    return _write_lines(path, "".join(blocks))
+
+
+def write_token_tsv(path: Path, examples: Iterable[dict[str, Sequence[str]]]) -> Path:
+    """`token<TAB>tag` lines with a blank line after each sentence, the format `read_token_tsv` reads."""
+    blocks = []
+    for item, example in enumerate(examples):
+        words, labels = example["words"], example["labels"]
+        if not words or len(words) != len(labels):
+            raise ValueError(f"{path}: sentence {item}: {len(words)} tokens and {len(labels)} tags (need as many, at least one)")
+        for tag in labels:
+            if tag not in WIKIANN_TAGS:
+                raise ValueError(f"{path}: sentence {item}: tag {tag!r} is not one of {' '.join(WIKIANN_TAGS)}")
+        blocks.append("".join(f"{_check_field(path, item, 'token', w)}\t{t}\n" for w, t in zip(words, labels)) + "\n")
+    return _write_lines(path, "".join(blocks))
+
+
+def write_nli_tsv(path: Path, examples: Iterable[dict[str, str]]) -> Path:
+    """`premise<TAB>hypothesis<TAB>label` lines, no header, the format `read_nli_tsv` reads."""
+    lines = []
+    for item, example in enumerate(examples):
+        if example["label"] not in NLI_LABELS:
+            raise ValueError(f"{path}: item {item}: label {example['label']!r} is not one of {', '.join(NLI_LABELS)}")
+        premise = _check_field(path, item, "premise", example["premise"])
+        hypothesis = _check_field(path, item, "hypothesis", example["hypothesis"])
+        lines.append(f"{premise}\t{hypothesis}\t{example['label']}\n")
+    return _write_lines(path, "".join(lines))
+
+
+def write_line_aligned(en_path: Path, x_path: Path, pairs: Iterable[tuple[str, str]]) -> tuple[Path, Path]:
+    """A parallel corpus as two line-aligned files, the format `read_line_aligned` reads."""
+    en_lines, x_lines = [], []
+    for item, (en, x) in enumerate(pairs):
+        en_lines.append(_check_field(en_path, item, "line", en) + "\n")
+        x_lines.append(_check_field(x_path, item, "line", x) + "\n")
+    return _write_lines(en_path, "".join(en_lines)), _write_lines(x_path, "".join(x_lines))
+
+
+def write_muse(path: Path, entries: Iterable[tuple[str, str]]) -> Path:
+    """`source<TAB>target` dictionary lines, the format `read_muse` reads."""
+    lines = []
+    for item, (source, target) in enumerate(entries):
+        for name, word in (("source", source), ("target", target)):
+            if not isinstance(word, str) or not word or any(c.isspace() for c in word):
+                raise ValueError(f"{path}: entry {item}: {name} {word!r} must be one word (no whitespace)")
+        lines.append(f"{source}\t{target}\n")
+    return _write_lines(path, "".join(lines))
+
+
 # --- remote fetchers -----------------------------------------------------------------------------
 
 
@@ -380,12 +483,17 @@ def _hub_rows(dataset_id: str, config: str | None, split: str, limit: int | None
     return load_dataset(dataset_id, config, split=split)
 
 
-def _label_names(rows: Any, column: str, default: Sequence[str]) -> list[str]:
-    """ClassLabel names of a column when the dataset declares them, else the documented order."""
+def _label_names(rows: Any, column: str, labels: Sequence[str], where: str) -> list[str]:
+    """ClassLabel names of a column when the dataset declares them, else `labels` (the reading
+    task's label set, which tasks.py keeps in the hub's ClassLabel order); names outside `labels`
+    are an error, as a local file's would be."""
     features = getattr(rows, "features", None) or {}
     feature = features.get(column)
     names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
-    return list(names) if names else list(default)
+    unknown = [name for name in names or () if name not in labels]
+    if unknown:
+        raise DataSourceError(f"{where}: label {unknown[0]!r} is not one of {' '.join(labels)}")
+    return list(names) if names else list(labels)
 
 
 def _ud_url(split: str, lang: str) -> str:
@@ -393,18 +501,18 @@ def _ud_url(split: str, lang: str) -> str:
     return UD_URL.format(repo=treebank.repo, tag=UD_RELEASE_TAG, code=treebank.code, split=split)
 
 
-def _fetch_udpos(limit: int | None, split: str, lang: str) -> list[dict]:
-    return _download_and_read(_ud_url(split, lang), read_conllu, ".conllu")
+def _fetch_udpos(limit: int | None, split: str, lang: str, labels: Sequence[str] = UPOS_TAGS) -> list[dict]:
+    return _download_and_read(_ud_url(split, lang), lambda path: read_conllu(path, labels), ".conllu")
 
 
-def _fetch_wikiann(limit: int | None, split: str, lang: str) -> list[dict]:
+def _fetch_wikiann(limit: int | None, split: str, lang: str, labels: Sequence[str] = WIKIANN_TAGS) -> list[dict]:
     rows = _hub_rows(WIKIANN_HUB, lang, HUB_SPLIT_NAMES.get(split, split), None)
-    tags = _label_names(rows, "ner_tags", WIKIANN_TAGS)
+    tags = _label_names(rows, "ner_tags", labels, f"hub {WIKIANN_HUB} ({lang})")
     return [{"words": list(r["tokens"]), "labels": [tags[t] for t in r["ner_tags"]]} for r in rows]
 
 
-def _nli_rows(rows: Any) -> list[dict]:
-    names = _label_names(rows, "label", NLI_LABELS)
+def _nli_rows(rows: Any, labels: Sequence[str], where: str) -> list[dict]:
+    names = _label_names(rows, "label", labels, where)
     # MultiNLI marks examples without a gold label with -1: they are not usable.
     return [
         {"premise": r["premise"], "hypothesis": r["hypothesis"], "label": names[r["label"]]}
@@ -413,12 +521,12 @@ def _nli_rows(rows: Any) -> list[dict]:
     ]
 
 
-def _fetch_mnli(limit: int | None, split: str, lang: str) -> list[dict]:
-    return _nli_rows(_hub_rows(MNLI_HUB, None, MNLI_HUB_SPLITS[split], None))
+def _fetch_mnli(limit: int | None, split: str, lang: str, labels: Sequence[str] = NLI_LABELS) -> list[dict]:
+    return _nli_rows(_hub_rows(MNLI_HUB, None, MNLI_HUB_SPLITS[split], None), labels, f"hub {MNLI_HUB}")
 
 
-def _fetch_xnli(limit: int | None, split: str, lang: str) -> list[dict]:
-    return _nli_rows(_hub_rows(XNLI_HUB, lang, split, None))
+def _fetch_xnli(limit: int | None, split: str, lang: str, labels: Sequence[str] = NLI_LABELS) -> list[dict]:
+    return _nli_rows(_hub_rows(XNLI_HUB, lang, split, None), labels, f"hub {XNLI_HUB} ({lang})")
 
 
 def _hub_pair_config(lang: str) -> str:
@@ -502,7 +610,8 @@ class DataSource:
 
     `local_files(**key)` gives the relative paths (all must exist), `read_local(paths, **key)`
     parses them; `fetch(limit, **key)` loads the same data remotely (None: local only), stopping
-    after `limit` examples when the remote can stream.
+    after `limit` examples when the remote can stream. A task source's `read_local` and `fetch`
+    also take `labels=`, the label set of the task that reads it, which its examples must use.
     """
 
     name: str
@@ -546,7 +655,7 @@ DATA_SOURCES: dict[str, DataSource] = {
         role="task",
         layout="ud/{treebank}-ud-{split}.conllu, CoNLL-U (e.g. ud/en_ewt-ud-train.conllu)",
         local_files=lambda split, lang: [f"ud/{UD_TREEBANKS[lang].code}-ud-{split}.conllu"],
-        read_local=lambda paths, split, lang: read_conllu(paths[0]),
+        read_local=lambda paths, split, lang, **labels: read_conllu(paths[0], **labels),
         validate=_validate_udpos,
         fetch=_fetch_udpos,
         remote=_ud_url,
@@ -557,7 +666,7 @@ DATA_SOURCES: dict[str, DataSource] = {
         role="task",
         layout="wikiann/{split}-{lang}.tsv, 'token<TAB>IOB2 tag' lines, blank line between sentences",
         local_files=lambda split, lang: [f"wikiann/{split}-{lang}.tsv"],
-        read_local=lambda paths, split, lang: read_token_tsv(paths[0], lang),
+        read_local=lambda paths, split, lang, **labels: read_token_tsv(paths[0], lang, **labels),
         validate=_validate_wikiann,
         fetch=_fetch_wikiann,
         remote=lambda split, lang: f"hub {WIKIANN_HUB} ({lang}, {HUB_SPLIT_NAMES.get(split, split)})",
@@ -567,7 +676,7 @@ DATA_SOURCES: dict[str, DataSource] = {
         role="task",
         layout="mnli/{train,dev}.tsv, 'premise<TAB>hypothesis<TAB>label' lines",
         local_files=lambda split, lang: [f"mnli/{split}.tsv"],
-        read_local=lambda paths, split, lang: read_nli_tsv(paths[0]),
+        read_local=lambda paths, split, lang, **labels: read_nli_tsv(paths[0], **labels),
         validate=_validate_mnli,
         fetch=_fetch_mnli,
         remote=lambda split, lang: f"hub {MNLI_HUB} ({MNLI_HUB_SPLITS[split]})",
@@ -577,7 +686,7 @@ DATA_SOURCES: dict[str, DataSource] = {
         role="task",
         layout="xnli/test-{lang}.tsv, 'premise<TAB>hypothesis<TAB>label' lines",
         local_files=lambda split, lang: [f"xnli/test-{lang}.tsv"],
-        read_local=lambda paths, split, lang: read_nli_tsv(paths[0]),
+        read_local=lambda paths, split, lang, **labels: read_nli_tsv(paths[0], **labels),
         validate=_validate_xnli,
         fetch=_fetch_xnli,
         remote=lambda split, lang: f"hub {XNLI_HUB} ({lang}, test)",
@@ -611,23 +720,23 @@ DATA_SOURCES: dict[str, DataSource] = {
 }
 
 PARALLEL_CORPORA = tuple(name for name, source in DATA_SOURCES.items() if source.role == "parallel")
-# Task splits -> data source: XNLI trains and validates on MultiNLI (English), tests on XNLI.
-TASK_SOURCES: dict[str, dict[str, str]] = {
-    "udpos": {split: "udpos" for split in SPLITS},
-    "wikiann": {split: "wikiann" for split in SPLITS},
-    "xnli": {"train": "mnli", "dev": "mnli", "test": "xnli"},
-}
 
 
 def get_source(name: str) -> DataSource:
     return lookup(DATA_SOURCES, name, "data source")
 
 
-def task_source(task: str, split: str) -> DataSource:
-    """The data source that holds `split` of `task`."""
-    splits = lookup(TASK_SOURCES, task, "task")
-    _check_split(split, splits, task)
-    return get_source(splits[split])
+def task_source(task: str | Task, split: str) -> DataSource:
+    """The data source that holds `split` of `task` (the task entry's `sources`)."""
+    task = get_task(task)
+    _check_split(split, task.sources, task.name)
+    return get_source(task.sources[split])
+
+
+def _reader_options(labels: Sequence[str] | None) -> dict[str, tuple[str, ...]]:
+    """Keyword arguments that pass a task's label set to a task source's reader and fetcher;
+    none for other sources (and for a direct read, which checks the format's own tag set)."""
+    return {} if labels is None else {"labels": tuple(labels)}
 
 
 # --- the generic loader ------------------------------------------------------------------------------
@@ -661,10 +770,13 @@ def _missing_message(source: DataSource, key: dict[str, str], data_root: Path | 
     return f"{source.name} ({what}): {looked}; expected layout: {source.layout}; {reason}"
 
 
-def _read_local(source: DataSource, key: dict[str, str], paths: list[Path]) -> Any:
-    """The local files parsed by the source's reader; a file with no example is an error (a
-    trial would otherwise train or score on nothing), naming the file and the language."""
-    examples = source.read_local(paths, **key)
+def _read_local(
+    source: DataSource, key: dict[str, str], paths: list[Path], labels: Sequence[str] | None = None
+) -> Any:
+    """The local files parsed by the source's reader (checking `labels`, a task's label set); a
+    file with no example is an error (a trial would otherwise train or score on nothing), naming
+    the file and the language."""
+    examples = source.read_local(paths, **key, **_reader_options(labels))
     if not examples:
         what = " ".join(f"{k}={v}" for k, v in key.items())
         files = " and ".join(str(p) for p in paths)
@@ -681,16 +793,18 @@ def load_source(
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     limit: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Any:
     """Load one source for `key`: local files first, then a cached download, then the remote.
 
     `limit` (a number of leading examples) only bounds what a streaming remote fetches; local
-    files are read whole.
+    files are read whole. `labels`: the label set of the task that reads a task source (its
+    reader and fetcher reject other labels); None for other sources.
     """
     relative = source.relative_paths(**key)
     data_root = resolve_data_dir(data_dir)
     if data_root is not None and all((data_root / r).is_file() for r in relative):
-        return _read_local(source, key, [data_root / r for r in relative])
+        return _read_local(source, key, [data_root / r for r in relative], labels)
     if source.fetch is None:
         raise DataSourceError(_missing_message(source, key, data_root, "no remote source for it"))
     extension, save, load = _SERIALISERS[source.role]
@@ -702,7 +816,7 @@ def load_source(
 
     def fetch() -> Any:
         try:
-            return source.fetch(limit, **key)
+            return source.fetch(limit, **key, **_reader_options(labels))
         except DataSourceError:
             raise
         except Exception as error:  # network, hub or format errors: one line naming both places
@@ -727,22 +841,24 @@ def local_source_files(source: DataSource, key: dict[str, str], data_dir: str | 
 
 
 def load_task_split(
-    task: str,
+    task: str | Task,
     split: str,
     lang: str,
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     subset: Subset | None = None,
 ) -> list[dict]:
-    """Examples of one task split in one language.
+    """Examples of one task split in one language, from the source the task names for `split`,
+    every label checked against the task's label set.
 
     udpos / wikiann: {"words": [...], "labels": [...]} (UPOS tags / IOB2 PER, ORG, LOC tags);
     xnli: {"premise", "hypothesis", "label"} with label entailment | neutral | contradiction.
     For xnli, "train" and "dev" are MultiNLI's (English), "test" is XNLI's test set in `lang`.
     """
+    task = get_task(task)
     source = task_source(task, split)
     subset = subset or Subset()
-    examples = load_source(source, {"split": split, "lang": lang}, data_dir, cache_dir)
+    examples = load_source(source, {"split": split, "lang": lang}, data_dir, cache_dir, labels=task.labels)
     return subset.apply(examples)
 
 
@@ -794,8 +910,8 @@ def load_dictionary(
 ) -> dict[str, frozenset[str]]:
     """`src` word -> its `tgt` translations, from both MUSE files: src-tgt and (inverted) tgt-src.
 
-    Both directions are used, as the paper intended (its code downloaded en-X twice by mistake,
-    PAPER-NOTES). Words are as in the files (MUSE is lowercase).
+    Both directions are used, as the paper intended (its code downloaded en-X twice by mistake:
+    `download_resources/muse_dictionaries.sh`). Words are as in the files (MUSE is lowercase).
     """
     muse = get_source("muse")
     forward = load_source(muse, {"src": src, "tgt": tgt}, data_dir, cache_dir)
@@ -813,10 +929,12 @@ REQUIREMENT_KINDS = ("task", "parallel", "dictionary")
 
 @dataclass(frozen=True)
 class Requirement:
-    """One data file set a sweep will read: a source and its key (split/lang, lang, src/tgt)."""
+    """One data file set a sweep will read: a source and its key (split/lang, lang, src/tgt), and
+    for a task's split the task's label set, which its reader checks."""
 
     source: DataSource
     key: tuple[tuple[str, str], ...]
+    labels: tuple[str, ...] | None = None
 
     @property
     def key_dict(self) -> dict[str, str]:
@@ -831,18 +949,20 @@ def required_data(
     kind: str, name: str, langs: Iterable[str], data_dir: str | Path | None = None
 ) -> list[Requirement]:
     """What trials over target `langs` read for one need:
-    kind "task" (name = udpos | wikiann | xnli): English train and dev sets, test sets in English
-    and every target language; kind "parallel" (name = corpus): en-X for every target language;
+    kind "task" (name = a task of trainables.tasks.TASKS): the splits the task names
+    (`Task.data_needs`: for the paper's tasks English train and dev sets, test sets in English
+    and every target language); kind "parallel" (name = corpus): en-X for every target language;
     kind "dictionary" (name = muse): en-X and X-en for every target language.
     Unknown names raise (ValueError / DataSourceError, with "did you mean").
     """
     targets = [lang for lang in langs if lang != "en"]
     needs: list[tuple[DataSource, dict[str, str]]] = []
+    labels = None
     if kind == "task":
-        for split in ("train", "dev"):
-            needs.append((task_source(name, split), {"split": split, "lang": "en"}))
-        for lang in ["en", *targets]:
-            needs.append((task_source(name, "test"), {"split": "test", "lang": lang}))
+        task = get_task(name)
+        labels = task.labels
+        for split, lang in task.data_needs(targets):
+            needs.append((task_source(task, split), {"split": split, "lang": lang}))
     elif kind == "parallel":
         source = parallel_source(name, data_dir)
         needs.extend((source, {"lang": lang}) for lang in targets)
@@ -857,7 +977,7 @@ def required_data(
         raise ValueError(unknown_name("requirement kind", kind, REQUIREMENT_KINDS))
     for source, key in needs:
         source.validate(**key)
-    return [Requirement(source, tuple(key.items())) for source, key in needs]
+    return [Requirement(source, tuple(key.items()), labels) for source, key in needs]
 
 
 def _availability(need: Requirement, data_root: Path | None, cache_root: Path) -> str:
@@ -922,26 +1042,9 @@ def describe_unreadable(
             continue
         done.update(paths)
         try:
-            _read_local(need.source, need.key_dict, paths)
+            _read_local(need.source, need.key_dict, paths, need.labels)
         except ValueError as error:  # DataSourceError included
             lines.append(" ".join(str(error).split()))
-    return lines
-
-
-def describe_downloads(
-    kind: str,
-    name: str,
-    langs: Iterable[str],
-    data_dir: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-) -> list[str]:
-    """One line per required file that is not local and will be fetched remotely."""
-    data_root, cache_root = resolve_data_dir(data_dir), resolve_cache_dir(cache_dir)
-    lines = []
-    for need in required_data(kind, name, langs, data_dir):
-        if _availability(need, data_root, cache_root) == "remote":
-            remote = need.source.remote(**need.key_dict) if need.source.remote else "remote"
-            lines.append(f"{need.label}: not in the data dir, will load {remote}")
     return lines
 
 

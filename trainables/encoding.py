@@ -1,7 +1,7 @@
 """From segmented words to subword batches, and back from subword states to word vectors.
 
-The paper represents a word by its first subword (PAPER-NOTES, "A word's vector is its first
-subword"), and puts a token-classification label on the first subword only, the other subwords
+The paper represents a word by its first subword (the reference's
+`AdaptAlignmentToTokenizerMapper(first_subword_only=True)`), and puts a token-classification label on the first subword only, the other subwords
 getting the ignore index.
 
 Lone "▁" pieces. XLM-R's sentencepiece tokenizer emits a lone "▁" in front of many words (40% of
@@ -36,17 +36,12 @@ from typing import Literal, Sequence
 
 import numpy as np
 import torch
-import transformers
 from transformers import PreTrainedTokenizerBase
+
+from trainables.models import tokenizer_family
 
 IGNORE_INDEX = -100  # the label value cross-entropy ignores (torch's default)
 LONE_PREFIX_PIECES = ("▁",)  # sentencepiece word-boundary marker alone in a token
-# The reference's test for deleting lone pieces (datasets/label_alignment.py). In transformers 5
-# the two names are one class; both are looked up so that older versions work the same.
-XLMR_TOKENIZER_CLASSES: tuple[type, ...] = tuple(
-    cls for cls in (getattr(transformers, name, None) for name in ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast"))
-    if isinstance(cls, type)
-)
 Pooling = Literal["first", "mean"]
 POOLINGS: tuple[str, ...] = ("first", "mean")
 
@@ -95,8 +90,10 @@ def lone_prefix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def removes_lone_prefix(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether lone "▁" ids are deleted from this tokenizer's input (XLM-R's tokenizer; module docstring)."""
-    return isinstance(tokenizer, XLMR_TOKENIZER_CLASSES) and bool(lone_prefix_ids(tokenizer))
+    """Whether lone "▁" ids are deleted from this tokenizer's input: its model family's convention
+    (trainables/models.py: XLM-R's tokenizer, the reference's isinstance test; module docstring)."""
+    family = tokenizer_family(tokenizer)
+    return family is not None and family.deletes_lone_prefix and bool(lone_prefix_ids(tokenizer))
 
 
 def encode_words(

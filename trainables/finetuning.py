@@ -47,8 +47,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainables.encoding import IGNORE_INDEX
 from trainables.errors import NonFiniteLossError
+from trainables.models import model_family
 from trainables.realignment import Realigner
 from trainables.runtime import autocast, eval_mode, resolve_device, seed_everything
 from trainables.settings import Settings
@@ -302,7 +302,7 @@ def fine_tune(
     place to checkpoint.
     """
     task = get_task(task)
-    if realign is not None and realign.encoder is not model.base_model:
+    if realign is not None and realign.encoder is not model_family(model).encoder(model):
         raise ValueError("fine_tune: joint realignment must use the fine-tuned model's own encoder (model.base_model)")
     features = train_examples if isinstance(train_examples, Features) else task.featurize(tokenizer, train_examples, settings)
     device = resolve_device(settings)
@@ -351,7 +351,7 @@ def fine_tune(
             step += 1
             if on_step is not None:
                 on_step({
-                    "phase": FINETUNE_PHASE, "epoch": epoch, "step": step, "lr": lr,
+                    "phase": FINETUNE_PHASE, "epoch": epoch, "step": step, "total": total, "lr": lr,
                     "tokens": int(features.lengths[indices].sum()),
                     "loss": total_loss, "task_loss": task_loss, "realign_loss": realign_loss,
                 })
@@ -362,11 +362,12 @@ def fine_tune(
 
 
 # --------------------------------------------------------------------------------------------
-# Sequential realignment (`before`)
+# Sequential realignment (`before`, `l2`, `linear`: a method whose schedule is "before")
 
 
 def sequential_realign_steps(n_train_examples: int, settings: Settings) -> int:
-    """`realign_steps`, or by default as many steps as fine-tuning will take (PAPER-NOTES)."""
+    """`realign_steps`, or by default as many steps as fine-tuning will take (the reference's
+    `realignment_steps_before`)."""
     if settings.realign_steps is not None:
         return settings.realign_steps
     return schedule_steps(n_train_examples, settings)[1]
@@ -389,9 +390,11 @@ def realign_sequentially(
     Same optimizer and learning rate as fine-tuning (App. B.3: "the same learning rate and
     schedule as for fine-tuning"). `realign_schedule` "linear" (the paper): warm-up over
     `warmup_ratio` of `steps`, linear decay to 0; "constant" (the reference code): `learning_rate`
-    at every step, no warm-up nor decay. The loss is Eq. 2 unweighted (`joint_weight` is for joint
-    realignment only, as in the reference). Only the encoder (`model.base_model`, which
-    `realigner` must wrap) and the projection head are optimised; the optimizer is discarded
+    at every step, no warm-up nor decay. The loss is the method's objective unweighted (Eq. 2 for
+    `before`; `joint_weight` is for joint realignment only, as in the reference). Only the encoder
+    (the model family's, `model.base_model`, which `realigner` must wrap) and the objective's own
+    parameters (the projection head; `linear`'s maps, the encoder then getting no gradient) are
+    optimised; the optimizer is discarded
     afterwards, fine-tuning starts its own. `on_checkpoint(state)` is called every
     `checkpoint_every` steps (if given) and at the end; `state` resumes from any of those.
     """
@@ -400,14 +403,15 @@ def realign_sequentially(
     if settings.realign_schedule not in REALIGN_SCHEDULES:
         raise ValueError(f"setting realign_schedule={settings.realign_schedule!r}: valid are "
                          f"{', '.join(map(repr, REALIGN_SCHEDULES))}")
-    if realigner.encoder is not model.base_model:
-        raise ValueError("realign_sequentially: the realigner must wrap model.base_model")
+    encoder = model_family(model).encoder(model)
+    if realigner.encoder is not encoder:
+        raise ValueError("realign_sequentially: the realigner must wrap the model's encoder (its family's, model.base_model)")
     device = resolve_device(settings)
     model.to(device)
     constant = settings.realign_schedule == "constant"
     warmup = 0 if constant else warmup_steps(steps, settings)
     schedule = {"total_steps": steps, "warmup_steps": warmup, "schedule": settings.realign_schedule}
-    parameters = list(model.base_model.parameters()) + realigner.parameters()
+    parameters = list(encoder.parameters()) + realigner.parameters()
     optimizer = make_optimizer(parameters, settings)
     scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, ConstantRate()) if constant
                  else make_scheduler(optimizer, warmup, steps))
@@ -431,7 +435,8 @@ def realign_sequentially(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if on_step is not None:
-            on_step({"phase": REALIGN_PHASE, "step": step, "lr": lr, "loss": loss.detach(), "realign_loss": loss.detach()})
+            on_step({"phase": REALIGN_PHASE, "step": step, "total": steps, "lr": lr, "loss": loss.detach(),
+                     "realign_loss": loss.detach()})
         if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
             on_checkpoint(_snapshot(REALIGN_PHASE, model, optimizer, scheduler, realigner, schedule, step=step))
     final = _snapshot(REALIGN_PHASE, model, optimizer, scheduler, realigner, schedule, step=step)
@@ -451,14 +456,13 @@ def predict(
     examples: Sequence[Mapping[str, Any]] | Features,
     settings: Settings,
 ) -> tuple[list[list[str]], list[list[str]]]:
-    """(gold, predicted) label strings per example, in example order (one label per NLI example).
+    """(gold, predicted) label strings per example, in example order, as the task decodes them
+    (`Task.decode`: token tasks one label per word, whole sentences stitched back from their
+    windows; sentence tasks one label per example).
 
-    Token tasks: one label per word, in word order; a sentence featurised as several windows
-    (`long_sentences="windows"`) is stitched back from its windows, each word scored in the one
-    window that labels it, so the metric (seqeval for NER) sees whole sentences. With
-    `long_sentences="truncate"` the words cut off are missing from both lists.
     Batched by `eval_batch_size`, longest rows first (little padding), in eval mode on the
-    model's device; predictions are brought back to the host once, at the end.
+    model's device; what the task keeps of each batch (`Task.batch_predictions`) stays there and
+    is brought back to the host once, at the end.
     """
     task = get_task(task)
     features = examples if isinstance(examples, Features) else task.featurize(tokenizer, examples, settings)
@@ -467,37 +471,13 @@ def predict(
     device = next(model.parameters()).device
     order = np.argsort(-features.lengths, kind="stable")
     batches = [order[i : i + settings.eval_batch_size] for i in range(0, len(order), settings.eval_batch_size)]
-    argmaxes = []
+    predictions = []
     with eval_mode(model), autocast(settings, device):
         for indices in batches:
             inputs = features.collate(indices)
             inputs.pop("labels")
-            argmaxes.append(model(**_to_device(inputs, device)).logits.argmax(-1))
-    names = task.labels
-    if features.kind != "token":
-        predicted_rows = torch.empty(len(features), dtype=torch.long)
-        for indices, argmax in zip(batches, argmaxes):
-            predicted_rows[torch.from_numpy(indices)] = argmax.cpu()
-        gold = [[names[j]] for j in features.labels.tolist()]
-        return gold, [[names[j]] for j in predicted_rows.tolist()]
-
-    # Scatter every row's predictions into the flat token layout of `features.labels`: rows are
-    # stored by example then window, so the labelled tokens come out in example and word order.
-    predicted_flat = torch.full_like(features.labels, IGNORE_INDEX)
-    for indices, argmax in zip(batches, argmaxes):
-        argmax = argmax.cpu()
-        columns = torch.arange(argmax.shape[1])
-        valid = columns < torch.from_numpy(features.lengths[indices]).unsqueeze(1)
-        positions = features.offsets[torch.from_numpy(indices)].unsqueeze(1) + columns
-        predicted_flat[positions[valid]] = argmax[valid]
-    scored = features.labels != IGNORE_INDEX
-    row_of_token = torch.repeat_interleave(torch.arange(len(features)), torch.from_numpy(features.lengths))
-    per_example = torch.bincount(features.example[row_of_token[scored]], minlength=features.n_examples)
-    bounds = [0, *torch.cumsum(per_example, 0).tolist()]
-    gold_names = [names[j] for j in features.labels[scored].tolist()]
-    predicted_names = [names[j] for j in predicted_flat[scored].tolist()]
-    gold = [gold_names[a:b] for a, b in zip(bounds, bounds[1:])]
-    return gold, [predicted_names[a:b] for a, b in zip(bounds, bounds[1:])]
+            predictions.append(task.batch_predictions(model(**_to_device(inputs, device))))
+    return task.decode(features, batches, predictions)
 
 
 def evaluate(

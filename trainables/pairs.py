@@ -2,7 +2,7 @@
 
 Three pair sources share one interface (registry `PAIR_SOURCES`, name -> callable
 `(en_words, x_words, lang, context) -> DataFrame`), all following the paper (Gaschi et al.
-2023, §3.3 and App. B; PAPER-NOTES):
+2023, §3.3 and App. B.2; docs/protocol.md):
 
 - `dico`: a bilingual dictionary (MUSE, both directions) with every ambiguity discarded;
 - `fastalign`: FastAlign in both directions, symmetrised with grow-diag-final-and;
@@ -37,9 +37,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +64,8 @@ from trainables.data import (
     local_source_files,
     resolve_cache_dir,
 )
+from trainables.errors import TrialInputError
+from trainables.models import model_family
 from trainables.segmentation import segment_corpus, segmentation_id
 from trainables.registry import lookup
 
@@ -87,6 +92,11 @@ FASTALIGN_CHUNK = 10_000  # sentence pairs per Aligner.align_batch call (bounds 
 # would break the line, so such tokens are renamed for the aligner only.
 FASTALIGN_SEPARATOR = "|||"
 FASTALIGN_SEPARATOR_STANDIN = "<bars>"
+# The two ways to run fast_align (see fastalign_links): the systran-align package, whose wheels
+# exist for CPython <= 3.11 on Linux x86_64 only, else clab/fast_align's programs on PATH.
+FASTALIGN_LIBRARY = "systran-align"
+FASTALIGN_PROGRAMS = ("fast_align", "atools")
+PHARAOH_LINE = re.compile(r"(?:\d+-\d+(?:\s+\d+-\d+)*)?", re.ASCII)  # "0-0 1-2 ...", maybe empty
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,7 @@ class PairContext:
             )
         if source == "fastalign":
             return dict(
+                backend=fastalign_backend(),  # the library and the programs may link differently
                 iterations=self.fastalign_iterations,
                 d=self.fastalign_favor_diagonal,
                 o=self.fastalign_optimize_tension,
@@ -178,10 +189,6 @@ class AlignedCorpus:
 
 
 # --- shared filters --------------------------------------------------------------------------------
-
-
-def empty_pairs() -> pd.DataFrame:
-    return links_to_pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), [], [])
 
 
 def keep_one_to_one(links: pd.DataFrame) -> pd.DataFrame:
@@ -316,27 +323,51 @@ def _fastalign_tokens(words: list[str]) -> list[str]:
     return [FASTALIGN_SEPARATOR_STANDIN if FASTALIGN_SEPARATOR in w else w for w in words]
 
 
+def fastalign_backend() -> str:
+    """How the `fastalign` source runs fast_align here: "systran-align" where that package is
+    installed, else "fast_align" where clab/fast_align's `fast_align` and `atools` are on PATH.
+
+    The package is looked up without importing it: importing loads its own OpenMP runtime into this
+    process, which only the child process of `fastalign_links` needs. Neither way: TrialInputError.
+    """
+    if importlib.util.find_spec("systran_align") is not None:
+        return FASTALIGN_LIBRARY
+    if all(shutil.which(program) for program in FASTALIGN_PROGRAMS):
+        return FASTALIGN_PROGRAMS[0]
+    raise TrialInputError(
+        "pair source 'fastalign' needs fast_align: pip install systran-align (wheels for CPython"
+        " 3.10-3.11 on Linux x86_64 only) or put the fast_align and atools programs"
+        " (github.com/clab/fast_align) on PATH; found neither")
+
+
 def fastalign_links(
     en_words: list[list[str]], x_words: list[list[str]], context: PairContext
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Symmetrised FastAlign links (sentence, src_index, tgt_index) over the whole corpus.
 
-    Uses the `systran-align` package (fast_align as a library): it trains both directions with
-    fast_align's EM on the corpus itself, and its `Aligner` runs both directional Viterbi
-    alignments and symmetrises them with atools' grow-diag-final-and (its bundled libfastalign
-    implements that as `GDFACommand`, the same code as `atools -c grow-diag-final-and`, which the
-    paper's code ran). Directional links are not exposed, so the symmetrisation is not redone
-    here. Sentence pairs with an empty side are left out (fast_align cannot align them).
+    fast_align's EM is trained on the corpus itself in both directions and the two directional
+    Viterbi alignments are symmetrised with grow-diag-final-and, as the paper's code did
+    (scripts/word_align_with_fastalign.sh: `fast_align -d -o -v`, the same with `-r`, then
+    `atools -c grow-diag-final-and`). Two ways, chosen by `fastalign_backend`:
 
-    fast_align's EM adds floats from several OpenMP threads in a varying order, so two runs on the
-    same corpus can give different links. It runs in a child process with OMP_NUM_THREADS=1, the
-    one way to pin the thread count of the OpenMP runtime systran-align bundles (its own libgomp,
-    already initialised once imported): seeded runs then give the same pairs.
+    - the `systran-align` package (fast_align as a library): its `Aligner` runs both directional
+      alignments with the trained tables and symmetrises them with its bundled libfastalign's
+      `GDFACommand`, the code of `atools -c grow-diag-final-and`;
+    - else the programs on PATH, run exactly as the reference's script ran them. They output the
+      Viterbi links of the last EM iteration rather than realigning with the final tables, so the
+      two ways can give slightly different pairs (the backend is part of the cache key).
+
+    Sentence pairs with an empty side are left out (fast_align cannot align them). fast_align's EM
+    adds floats from several OpenMP threads in a varying order, so two runs on the same corpus can
+    give different links: both ways run in child processes with OMP_NUM_THREADS=1 (for the
+    library, the one way to pin the thread count of the OpenMP runtime it bundles, already
+    initialised once imported), so that runs give the same pairs.
     """
     usable = [n for n, (en, x) in enumerate(zip(en_words, x_words)) if en and x]
     if not usable:
         empty = np.empty(0, np.int64)
         return empty, empty, empty
+    backend = fastalign_backend()
     src = [_fastalign_tokens(en_words[n]) for n in usable]
     tgt = [_fastalign_tokens(x_words[n]) for n in usable]
     options = dict(
@@ -345,38 +376,95 @@ def fastalign_links(
         optimize_tension=context.fastalign_optimize_tension,
         variational_bayes=context.fastalign_variational_bayes,
     )
+    single_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="fastalign-") as tmp:
         corpus, links_path = Path(tmp) / "corpus.txt", Path(tmp) / "links.npy"
         with open(corpus, "w", encoding="utf-8") as handle:
             for s, t in zip(src, tgt):
                 handle.write(f"{' '.join(s)} {FASTALIGN_SEPARATOR} {' '.join(t)}\n")
-        command = [sys.executable, "-m", "trainables.pairs", "fastalign", str(corpus), str(links_path),
-                   json.dumps(options)]
-        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"fast_align (systran-align) failed on {len(src)} sentence pairs: {last}")
-        links = np.load(links_path)  # (n_links, 3): row in `usable`, src index, tgt index
+        if backend != FASTALIGN_LIBRARY:
+            links = _fastalign_with_programs(corpus, len(src), options, single_thread)
+        else:
+            command = [sys.executable, "-c", _SYSTRAN_ALIGN_CHILD, str(corpus), str(links_path), json.dumps(options),
+                       FASTALIGN_SEPARATOR, str(FASTALIGN_CHUNK)]
+            done = subprocess.run(command, env=single_thread, capture_output=True, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"fast_align (systran-align) failed on {len(src)} sentence pairs: {last}")
+            links = np.load(links_path)  # (n_links, 3): row in `usable`, src index, tgt index
+    src_lengths, tgt_lengths = (np.array([len(words) for words in side], dtype=np.int64) for side in (src, tgt))
+    if (links[:, 1] >= src_lengths[links[:, 0]]).any() or (links[:, 2] >= tgt_lengths[links[:, 0]]).any():
+        raise RuntimeError(f"fast_align ({backend}): a link points past the end of its sentence")
     sentence = np.asarray(usable, dtype=np.int64)[links[:, 0]]
     return sentence, links[:, 1], links[:, 2]
 
 
-def _fastalign_in_this_process(corpus: Path, links_path: Path, options: dict[str, Any]) -> None:
-    """Train both directions and align the corpus file; save (row, src, tgt) links as .npy."""
-    import systran_align
+def _fastalign_with_programs(corpus: Path, n_lines: int, options: dict[str, Any], env: dict[str, str]) -> np.ndarray:
+    """`fast_align` forward and reverse, then `atools -c grow-diag-final-and` (the reference's
+    scripts/word_align_with_fastalign.sh); returns the (row, src, tgt) links of the corpus file."""
+    flags = ["-I", str(options["iterations"])]
+    flags += [flag for flag, on in (("-d", options["favor_diagonal"]), ("-o", options["optimize_tension"]),
+                                    ("-v", options["variational_bayes"])) if on]
+    fast_align, atools = (shutil.which(program) for program in FASTALIGN_PROGRAMS)
+    forward, reverse = corpus.with_name("forward.align"), corpus.with_name("reverse.align")
+    steps = [
+        ([fast_align, "-i", str(corpus), *flags], forward),
+        ([fast_align, "-i", str(corpus), *flags, "-r"], reverse),
+        ([atools, "-i", str(forward), "-j", str(reverse), "-c", "grow-diag-final-and"], None),
+    ]
+    for command, output in steps:
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{Path(command[0]).name} failed on {n_lines} sentence pairs"
+                               f" (exit {done.returncode}): {last}")
+        if output is not None:
+            output.write_text(done.stdout, encoding="utf-8")
+    return parse_pharaoh(done.stdout, n_lines, "atools -c grow-diag-final-and")
 
-    with tempfile.TemporaryDirectory(prefix="fastalign-probs-") as tmp:
-        forward, backward = str(Path(tmp) / "fwd.bin"), str(Path(tmp) / "bwd.bin")
-        systran_align.generate_alignment_probabilities(str(corpus), forward, backward, **options)
-        aligner = systran_align.Aligner(forward, backward)
-        pairs = [line.rstrip("\n").split(f" {FASTALIGN_SEPARATOR} ") for line in corpus.open(encoding="utf-8")]
-        src, tgt = [p[0].split() for p in pairs], [p[1].split() for p in pairs]
-        results = []
-        for start in range(0, len(src), FASTALIGN_CHUNK):
-            results.extend(aligner.align_batch(src[start : start + FASTALIGN_CHUNK], tgt[start : start + FASTALIGN_CHUNK]))
-    rows = np.repeat(np.arange(len(results), dtype=np.int64), [len(r["alignments"]) for r in results])
-    flat = np.array([link for r in results for link in r["alignments"]], dtype=np.int64).reshape(-1, 2)
-    np.save(links_path, np.column_stack([rows, flat]))
+
+def parse_pharaoh(text: str, n_lines: int, what: str) -> np.ndarray:
+    """Pharaoh alignments ("0-0 1-2 ...", one line per sentence pair, src-tgt) as (row, src, tgt)
+    int64 rows; `what` names the producer in the error raised on a malformed output."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != n_lines:
+        raise RuntimeError(f"{what}: {len(lines)} alignment lines for {n_lines} sentence pairs")
+    for number, line in enumerate(lines, start=1):
+        if not PHARAOH_LINE.fullmatch(line.strip()):
+            raise RuntimeError(f"{what}: line {number} is not Pharaoh format (i-j links): {line[:80]!r}")
+    rows = np.repeat(np.arange(n_lines, dtype=np.int64), [line.count("-") for line in lines])
+    flat = np.array(" ".join(lines).replace("-", " ").split(), dtype=np.int64).reshape(-1, 2)
+    return np.column_stack([rows, flat])
+
+
+# The child process of `fastalign_links` for systran-align: trains both directions on the corpus
+# file and aligns it, saving (row, src, tgt) links as .npy. A script of its own rather than
+# `python -m trainables.pairs`: this module's imports (torch and transformers, through
+# trainables.data) would cost the child 9 s of CPU, while it needs only numpy and the library.
+_SYSTRAN_ALIGN_CHILD = r"""
+import json, sys, tempfile
+from pathlib import Path
+
+import numpy as np
+import systran_align
+
+corpus, links_path, options, separator, chunk = sys.argv[1:]
+chunk = int(chunk)
+with tempfile.TemporaryDirectory(prefix="fastalign-probs-") as tmp:
+    forward, backward = str(Path(tmp) / "fwd.bin"), str(Path(tmp) / "bwd.bin")
+    systran_align.generate_alignment_probabilities(corpus, forward, backward, **json.loads(options))
+    aligner = systran_align.Aligner(forward, backward)
+    pairs = [line.rstrip("\n").split(f" {separator} ") for line in open(corpus, encoding="utf-8")]
+    src, tgt = [p[0].split() for p in pairs], [p[1].split() for p in pairs]
+    results = []
+    for start in range(0, len(src), chunk):
+        results.extend(aligner.align_batch(src[start : start + chunk], tgt[start : start + chunk]))
+rows = np.repeat(np.arange(len(results), dtype=np.int64), [len(r["alignments"]) for r in results])
+flat = np.array([link for r in results for link in r["alignments"]], dtype=np.int64).reshape(-1, 2)
+np.save(links_path, np.column_stack([rows, flat]))
+"""
 
 
 def fastalign_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
@@ -429,12 +517,7 @@ def awesome_links(
     import torch
 
     tokenizer, model = _load_encoder(context.awesome_model, context.device)
-    num_layers = model.config.num_hidden_layers
-    if not 0 <= context.awesome_layer <= num_layers:
-        raise ValueError(
-            f"setting awesome_layer={context.awesome_layer} out of range for {context.awesome_model} "
-            f"(hidden_states 0..{num_layers})"
-        )
+    family = model_family(model)
     max_length = min(context.awesome_max_length, tokenizer.model_max_length)
     # Batches of similar lengths waste less padding; order does not change the result.
     order = sorted(range(len(en_words)), key=lambda n: (len(en_words[n]) + len(x_words[n]), n))
@@ -449,12 +532,9 @@ def awesome_links(
                 padding=True, return_tensors="pt",
             )
             with torch.inference_mode():
-                output = model(
-                    input_ids=encoding["input_ids"].to(context.device),
-                    attention_mask=encoding["attention_mask"].to(context.device),
-                    output_hidden_states=True,
-                )
-            hidden = output.hidden_states[context.awesome_layer].float()
+                inputs = {name: encoding[name] for name in ("input_ids", "attention_mask")}
+                hidden = family.hidden_state(model, inputs, context.awesome_layer, "awesome_layer", context.device)
+            hidden = hidden.float()
             word_ids = _word_id_tensor(encoding, len(batch), encoding["input_ids"].shape[1]).to(context.device)
             sides.append((hidden, word_ids))
         (h_en, wid_en), (h_x, wid_x) = sides
@@ -569,9 +649,3 @@ def extract_pairs(
         _load_pairs,
     )
     return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs)
-
-
-if __name__ == "__main__":  # the fast_align child process (see fastalign_links)
-    if len(sys.argv) != 5 or sys.argv[1] != "fastalign":
-        raise SystemExit("usage: python -m trainables.pairs fastalign CORPUS LINKS.npy OPTIONS_JSON")
-    _fastalign_in_this_process(Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]))

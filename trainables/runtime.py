@@ -22,7 +22,7 @@ def resolve_device(settings: Settings) -> torch.device:
 
 
 def autocast(settings: Settings, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU (issue: "On GPU, bf16 autocast"); full precision on CPU by default."""
+    """bf16 autocast on GPU (a speed choice: docs/protocol.md, precision); full precision on CPU by default."""
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext()

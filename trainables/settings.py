@@ -1,9 +1,10 @@
 """Every tunable number of a trial, with the paper's values as defaults.
 
-Defaults follow the paper's text (Gaschi et al. 2023, §3.3 and Appendix B.3). Where the
-reference code did something else, the `acl2023-code` preset reproduces the code (PAPER-NOTES:
-realigned layer off by one, joint weight 0.1, projection head, XLM-R learning rate 7.5e-6), so
-the published numbers can be matched too.
+Defaults follow the paper's text where it is explicit (Gaschi et al. 2023, §3.3 and Appendix B.3)
+and the reference code's behaviour where the text is silent (docs/protocol.md, one row a choice).
+Where the code contradicts the text, the `acl2023-code` preset reproduces the code (realigned
+layer off by one, joint weight 0.1, projection head, XLM-R learning rate 7.5e-6, ...), so the
+published numbers can be matched too.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
 from trainables.errors import TrialInputError
+from trainables.models import family_from_name, paper_model
 from trainables.registry import did_you_mean, unknown_name
 
 
@@ -283,7 +285,7 @@ class Settings:
     # length_group_factor * batch_size, sorted by length inside a chunk (less padding).
     length_group_factor: int = 50
 
-    # --- alignment measurement (Gaschi et al. 2022; PAPER-NOTES) --------------------------------
+    # --- alignment measurement (Gaschi et al. 2022; docs/protocol.md) --------------------------------
     align_pairs: int = 1000
     align_seed: int = 42
     align_pooling: str = "first"  # "first" subword (paper) or "mean" of subwords
@@ -349,23 +351,13 @@ class Settings:
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 
-XLMR_CODE_LEARNING_RATE = 7.5e-6  # what the reference code used for XLM-R models
-# The reference's forward-pass batch per model with --large_gpu (training/batch_sizes.py,
-# get_batch_size: model_to_batch_size_big, the full batch for any other model), which its
-# learning-rate schedule counted.
-CODE_MICRO_BATCH_SIZES = {
-    "distilbert-base-multilingual-cased": 32,
-    "bert-base-multilingual-cased": 32,
-    "xlm-roberta-base": 32,
-    "xlm-roberta-large": 8,
-}
-
 
 def _acl2023_code(settings: Settings, model: str) -> Settings:
     """The reference code's choices where they differ from the paper's text (docs/protocol.md).
 
     Realigned layer hidden_states[-2] (its off-by-one), joint weight 0.1, the projection head,
-    learning rate 7.5e-6 for XLM-R ("roberta" in the model name, as the scripts tested it),
+    the reference scripts' learning rate for the model's family (7.5e-6 for XLM-R, recognised by
+    "roberta" in the model name as the scripts tested it: trainables/models.py),
     sequential realignment at a constant learning rate (plain Adam, no scheduler), the fine-tuning
     schedule sized in the reference's micro-batches over 5 epochs, batches of randomly mixed
     lengths (a shuffled DataLoader: no length grouping) and full fp32 arithmetic (no autocast).
@@ -373,15 +365,17 @@ def _acl2023_code(settings: Settings, model: str) -> Settings:
     experiment 2's smaller models ran on small GPUs (8, 4, 2 for distilmBERT, mBERT, XLM-R base):
     set schedule_micro_batch_size to those to reproduce that schedule.
     """
-    name = model.lower()
-    code_micro_batch = CODE_MICRO_BATCH_SIZES.get(name.rstrip("/").split("/")[-1], settings.batch_size)
+    # The reference's forward-pass batch for the paper's models (the full batch for any other).
+    paper = paper_model(model)
+    code_micro_batch = paper.code_micro_batch_size if paper is not None else settings.batch_size
     changes: dict[str, Any] = dict(
         realign_layer=-2, joint_weight=0.1, realign_projection=True, realign_schedule="constant",
         schedule_micro_batch_size=min(code_micro_batch, settings.batch_size), length_group_factor=1,
         precision="fp32",
     )
-    if "roberta" in name:
-        changes["learning_rate"] = XLMR_CODE_LEARNING_RATE
+    family = family_from_name(model)
+    if family is not None and family.code_learning_rate is not None:
+        changes["learning_rate"] = family.code_learning_rate
     return replace(settings, **changes)
 
 

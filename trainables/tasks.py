@@ -1,22 +1,37 @@
-"""Downstream tasks (paper §4, Table 1): labels, featurisation, metric and model class.
+"""Downstream tasks (paper §4, Table 1): each `TASKS` entry is the whole task, its plug-in.
+
+An entry owns its data sources per split (names in `trainables.data.DATA_SOURCES`), its label
+set (which the data readers validate against), its featurisation, its model head (model class
+and head arguments), how model outputs decode into predicted labels, its metric, and optional
+preprocess / postprocess hooks. Every other module asks the entry and never branches on what kind
+of task it is. Two reusable building blocks implement the two kinds of the paper:
+
+- `TokenTagging`: one label per word (POS, NER).
+- `SentenceClassification`: one label per sentence or sentence pair (NLI).
+
+A new task is one entry in `TASKS` built from a block (or from a new `Task` subclass).
+
+The paper's tasks:
 
 - `udpos`: UPOS tagging (17 tags), accuracy over words.
 - `wikiann`: NER with IOB2 tags (PER, ORG, LOC), entity-level F1 by seqeval in its default mode.
   The default mode is conlleval-compatible (an I- tag after O opens an entity); it is what the
   reference code got from HF `load_metric("seqeval")` with no `mode` argument, so it is kept here to
   match the published numbers (strict IOB2 mode would score ill-formed predictions lower).
-- `xnli`: sentence-pair classification (premise, hypothesis), accuracy; trained on MultiNLI.
+- `xnli`: sentence-pair classification (premise, hypothesis), accuracy; trained and validated on
+  MultiNLI (English), tested on XNLI (App. B).
 
 Token tasks put a word's label on its first subword, the other subwords getting IGNORE_INDEX
-(PAPER-NOTES; `encoding.first_subword_labels`); XLM-R's lone "▁" pieces are deleted from the input
-(`keep_lone_prefix`, see encoding.py). A sentence longer than `task_max_length` (128, as the
-reference's `get_token_classification_getter`) becomes several windows of at most that many
-subwords (`long_sentences="windows"`, the reference's `return_overflowing_tokens`), cut at word
-boundaries so that each word is labelled in exactly one window; the windows are the training
-examples (as in the reference) and `finetuning.predict` stitches them back into whole sentences.
-`long_sentences="truncate"` drops the words beyond instead: they are neither trained on nor
-scored. Sentence pairs (NLI) are truncated to `nli_max_length` (256, the reference's `get_xnli`),
-with no deletion of lone pieces (the reference's `XNLIMapper` tokenises the raw text as is).
+(`encoding.first_subword_labels`, as the reference's token-classification mapper); XLM-R's lone
+"▁" pieces are deleted from the input (`keep_lone_prefix`, see encoding.py). A sentence longer
+than `task_max_length` (128, as the reference's `get_token_classification_getter`) becomes
+several windows of at most that many subwords (`long_sentences="windows"`, the reference's
+`return_overflowing_tokens`), cut at word boundaries so that each word is labelled in exactly one
+window; the windows are the training examples (as in the reference) and decoding stitches them
+back into whole sentences. `long_sentences="truncate"` drops the words beyond instead: they are
+neither trained on nor scored. Sentences and sentence pairs (NLI) are truncated to
+`nli_max_length` (256, the reference's `get_xnli`), with no deletion of lone pieces (the
+reference's `XNLIMapper` tokenises the raw text as is).
 
 Featurisation happens once per dataset (`featurize`), into flat token tensors plus offsets, one
 row per window (`Features.example` says whose); `Features.collate` pads a batch dynamically to its
@@ -25,7 +40,7 @@ longest row.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +57,8 @@ from trainables.ner import postprocess_predictions, preprocess_wikiann
 from trainables.settings import Settings
 from trainables.registry import lookup
 
+# The label sets, in the hub's ClassLabel order (WikiANN's ner_tags, MultiNLI's and XNLI's label),
+# which is also the order of the classification heads' outputs.
 UPOS_TAGS: tuple[str, ...] = (
     "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",
     "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X",
@@ -52,9 +69,16 @@ FEATURIZE_CHUNK = 1024  # examples tokenised per call (bounds the padded chunk's
 # Bumped whenever featurisation changes what it stores (2: lone "▁" deletion, windows, Features.example).
 FEATURES_VERSION = 2
 PAD_TOKEN_TYPE = 0
+# Zero-shot transfer (paper §3.1): training and development data in the source language only,
+# test sets in it and in every target language.
+SOURCE_LANG = "en"
+TEST_SPLIT = "test"
 
+# How `Features` stores labels: "token", flat like the tokens (IGNORE_INDEX where unscored);
+# "sequence", one label per row.
 TaskKind = Literal["token", "sequence"]
 Metric = Callable[[Sequence[Sequence[str]], Sequence[Sequence[str]]], float]
+Predictions = tuple[list[list[str]], list[list[str]]]  # (gold, predicted) label strings per example
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,8 +113,9 @@ class Features:
     A row is one window of an example (token tasks: a long sentence has several, in word order,
     consecutive), or one example. `tokens[name][offsets[i]:offsets[i+1]]` is column `name`
     (input_ids, token_type_ids, ...) of row i, `example[i]` the index of its example (ascending).
-    Token tasks: `labels` is flat like the tokens; sequence tasks: one label per row. `len()`
-    counts rows: training draws rows, as the reference trains on its overflow windows.
+    `kind` is the label layout (`TaskKind`): "token", `labels` flat like the tokens; "sequence",
+    one label per row. `len()` counts rows: training draws rows, as the reference trains on its
+    overflow windows.
     """
 
     kind: TaskKind
@@ -111,9 +136,6 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.lengths)
-
-    def example_labels(self, i: int) -> torch.Tensor:
-        return self.labels[self.offsets[i] : self.offsets[i + 1]] if self.kind == "token" else self.labels[i]
 
     def collate(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """Model inputs for these examples, padded to the longest of them, with `labels`."""
@@ -138,24 +160,60 @@ def _flatten_rows(padded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return padded[mask.bool()]  # row-major: example 0's tokens, then example 1's, ...
 
 
+def _features(
+    kind: TaskKind,
+    columns: Mapping[str, list[torch.Tensor]],
+    labels: torch.Tensor,
+    lengths: list[torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    example: torch.Tensor | None = None,
+    n_examples: int | None = None,
+) -> Features:
+    all_lengths = torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long)
+    offsets = torch.cat((torch.zeros(1, dtype=torch.long), torch.cumsum(all_lengths, 0)))
+    tokens = {name: torch.cat(parts) for name, parts in columns.items()}
+    return Features(kind, tokens, offsets, labels, int(tokenizer.pad_token_id), example, n_examples)
+
+
 # --------------------------------------------------------------------------------------------
 # Tasks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Task:
+    """One downstream task: everything the pipeline needs to know about it (module docstring).
+
+    `sources` maps each split to the data source that holds it (`trainables.data.DATA_SOURCES`);
+    "train" and "test" are required, "dev" is read for `ctl_reference_split="dev"`. The readers
+    check every label against `labels`, whose order is that of the classification head's outputs.
+    Hooks, None for tasks without them: `preprocess(examples, lang, settings)` rewrites the loaded
+    examples before featurisation (WikiANN zh: characters -> words); `postprocess(predicted,
+    settings)` rewrites predicted label sequences before the metric (WikiANN: the reference's IOB2
+    repair). See trainables/ner.py.
+
+    A subclass (a building block) implements `featurize` and `decode` and sets `kind` (its
+    `Features` label layout) and the default `model_class`.
+    """
+
     name: str
-    kind: TaskKind
     labels: tuple[str, ...]
     metric: Metric
     metric_name: str
-    model_class: Any  # AutoModelForTokenClassification or AutoModelForSequenceClassification
-    # Per-task hooks, None for tasks without them: `preprocess(examples, lang, settings)` rewrites
-    # the loaded examples before featurisation (WikiANN zh: characters -> words); `postprocess(
-    # predicted, settings)` rewrites predicted label sequences before the metric (WikiANN: the
-    # reference's IOB2 repair). See trainables/ner.py.
+    sources: Mapping[str, str]
     preprocess: Callable[[list[dict], str, Settings], list[dict]] | None = None
     postprocess: Callable[[list[list[str]], Settings], list[list[str]]] | None = None
+    model_class: Any = None  # a transformers Auto* class with `from_pretrained` / `from_config`
+
+    kind: ClassVar[TaskKind]
+
+    def __post_init__(self) -> None:
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"task {self.name!r}: labels must be distinct and at least one, got {self.labels!r}")
+        missing = [split for split in ("train", TEST_SPLIT) if split not in self.sources]
+        if missing:
+            raise ValueError(f"task {self.name!r}: no data source for split(s) {', '.join(missing)}")
+        if self.model_class is None:
+            raise ValueError(f"task {self.name!r}: no model_class")
 
     @property
     def label_to_id(self) -> dict[str, int]:
@@ -172,6 +230,19 @@ class Task:
     def load_model(self, path: str, **kwargs: Any) -> PreTrainedModel:
         return self.model_class.from_pretrained(path, **self.model_kwargs(), **kwargs)
 
+    def feature_key(self) -> dict[str, Any]:
+        """What of the entry its featurised data depends on, for the features cache key: another
+        label set, block or preprocess hook under the same name must not reuse its features."""
+        hook = self.preprocess
+        return {"name": self.name, "block": type(self).__name__, "labels": list(self.labels),
+                "preprocess": None if hook is None else f"{hook.__module__}.{hook.__qualname__}"}
+
+    def data_needs(self, targets: Sequence[str]) -> list[tuple[str, str]]:
+        """(split, language) of every file set a trial over `targets` reads: each split but the test
+        split in the source language, the test split in it and every target language."""
+        needs = [(split, SOURCE_LANG) for split in self.sources if split != TEST_SPLIT]
+        return needs + [(TEST_SPLIT, lang) for lang in (SOURCE_LANG, *(t for t in targets if t != SOURCE_LANG))]
+
     def _label_ids(self, values: Sequence[str], where: str) -> list[int]:
         table = self.label_to_id
         try:
@@ -183,12 +254,30 @@ class Task:
     def featurize(
         self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Mapping[str, Any]], settings: Settings
     ) -> Features:
-        """Tokenise once; token tasks via `encode_words` (labels on first subwords), NLI as a pair."""
-        if self.kind == "token":
-            return self._featurize_words(tokenizer, examples, settings)
-        return self._featurize_pairs(tokenizer, examples, settings)
+        """Tokenise the examples once, labels as ids (see the building blocks)."""
+        raise NotImplementedError(f"task {self.name!r}: {type(self).__name__} does not featurize")
 
-    def _featurize_words(
+    def batch_predictions(self, outputs: Any) -> torch.Tensor:
+        """What is kept of a batch's model outputs (on the device): the best label of each position."""
+        return outputs.logits.argmax(-1)
+
+    def decode(
+        self, features: Features, batches: Sequence[np.ndarray], predictions: Sequence[torch.Tensor]
+    ) -> Predictions:
+        """(gold, predicted) label strings per example, in example order, from `batch_predictions`
+        of the row batches `batches` (any order of rows)."""
+        raise NotImplementedError(f"task {self.name!r}: {type(self).__name__} does not decode")
+
+
+@dataclass(frozen=True, eq=False)
+class TokenTagging(Task):
+    """One label per word: examples {"words": [...], "labels": [...]}; a word's label on its first
+    subword, long sentences as windows (module docstring); predictions one label per word."""
+
+    model_class: Any = AutoModelForTokenClassification
+    kind: ClassVar[TaskKind] = "token"
+
+    def featurize(
         self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Mapping[str, Any]], settings: Settings
     ) -> Features:
         columns: dict[str, list[torch.Tensor]] = {}
@@ -216,13 +305,58 @@ class Task:
             labels.append(_flatten_rows(first_subword_labels(encoded, row_labels), mask))
             lengths.append(mask.sum(1))
             example_of_row.append(encoded.sentence + start)
-        return self._features(
-            columns, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), lengths, tokenizer,
+        return _features(
+            self.kind, columns, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), lengths, tokenizer,
             example=torch.cat(example_of_row) if example_of_row else torch.zeros(0, dtype=torch.long),
             n_examples=len(examples),
         )
 
-    def _featurize_pairs(
+    def decode(
+        self, features: Features, batches: Sequence[np.ndarray], predictions: Sequence[torch.Tensor]
+    ) -> Predictions:
+        """One label per word, in word order; a sentence featurised as several windows is stitched
+        back, each word scored in the one window that labels it, so the metric (seqeval for NER)
+        sees whole sentences. With `long_sentences="truncate"` the words cut off are missing from
+        both lists."""
+        # Scatter every row's predictions into the flat token layout of `features.labels`: rows are
+        # stored by example then window, so the labelled tokens come out in example and word order.
+        predicted_flat = torch.full_like(features.labels, IGNORE_INDEX)
+        for indices, argmax in zip(batches, predictions):
+            argmax = argmax.cpu()
+            columns = torch.arange(argmax.shape[1])
+            valid = columns < torch.from_numpy(features.lengths[indices]).unsqueeze(1)
+            positions = features.offsets[torch.from_numpy(indices)].unsqueeze(1) + columns
+            predicted_flat[positions[valid]] = argmax[valid]
+        scored = features.labels != IGNORE_INDEX
+        row_of_token = torch.repeat_interleave(torch.arange(len(features)), torch.from_numpy(features.lengths))
+        per_example = torch.bincount(features.example[row_of_token[scored]], minlength=features.n_examples)
+        bounds = [0, *torch.cumsum(per_example, 0).tolist()]
+        names = self.labels
+        gold_names = [names[j] for j in features.labels[scored].tolist()]
+        predicted_names = [names[j] for j in predicted_flat[scored].tolist()]
+        gold = [gold_names[a:b] for a, b in zip(bounds, bounds[1:])]
+        return gold, [predicted_names[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@dataclass(frozen=True, eq=False)
+class SentenceClassification(Task):
+    """One label per example: examples {text_fields..., "label"}, one text field (a sentence) or
+    two (a pair, tokenised as the tokenizer's pair template), truncated to `nli_max_length`;
+    predictions one label per example."""
+
+    model_class: Any = AutoModelForSequenceClassification
+    text_fields: tuple[str, ...] = ("premise", "hypothesis")
+    kind: ClassVar[TaskKind] = "sequence"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.text_fields) not in (1, 2):
+            raise ValueError(f"task {self.name!r}: text_fields must name one or two fields, got {self.text_fields!r}")
+
+    def feature_key(self) -> dict[str, Any]:
+        return {**super().feature_key(), "text_fields": list(self.text_fields)}
+
+    def featurize(
         self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Mapping[str, Any]], settings: Settings
     ) -> Features:
         columns: dict[str, list[torch.Tensor]] = {}
@@ -230,8 +364,7 @@ class Task:
         for start in range(0, len(examples), FEATURIZE_CHUNK):
             chunk = examples[start : start + FEATURIZE_CHUNK]
             encoded = tokenizer(
-                [e["premise"] for e in chunk],
-                [e["hypothesis"] for e in chunk],
+                *([e[name] for e in chunk] for name in self.text_fields),
                 truncation=True,
                 max_length=settings.nli_max_length,
             )
@@ -240,28 +373,28 @@ class Task:
                     columns.setdefault(name, []).append(torch.tensor([t for row in rows for t in row], dtype=torch.long))
             lengths.append(torch.tensor([len(row) for row in encoded["input_ids"]], dtype=torch.long))
         label_ids = self._label_ids([e["label"] for e in examples], f"{self.name} examples")
-        return self._features(columns, torch.tensor(label_ids, dtype=torch.long), lengths, tokenizer)
+        return _features(self.kind, columns, torch.tensor(label_ids, dtype=torch.long), lengths, tokenizer)
 
-    def _features(
-        self,
-        columns: Mapping[str, list[torch.Tensor]],
-        labels: torch.Tensor,
-        lengths: list[torch.Tensor],
-        tokenizer: PreTrainedTokenizerBase,
-        example: torch.Tensor | None = None,
-        n_examples: int | None = None,
-    ) -> Features:
-        all_lengths = torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long)
-        offsets = torch.cat((torch.zeros(1, dtype=torch.long), torch.cumsum(all_lengths, 0)))
-        tokens = {name: torch.cat(parts) for name, parts in columns.items()}
-        return Features(self.kind, tokens, offsets, labels, int(tokenizer.pad_token_id), example, n_examples)
+    def decode(
+        self, features: Features, batches: Sequence[np.ndarray], predictions: Sequence[torch.Tensor]
+    ) -> Predictions:
+        predicted_rows = torch.empty(len(features), dtype=torch.long)
+        for indices, argmax in zip(batches, predictions):
+            predicted_rows[torch.from_numpy(indices)] = argmax.cpu()
+        names = self.labels
+        gold = [[names[j]] for j in features.labels.tolist()]
+        return gold, [[names[j]] for j in predicted_rows.tolist()]
 
+
+_SAME_SPLITS = ("train", "dev", TEST_SPLIT)
 
 TASKS: dict[str, Task] = {
-    "udpos": Task("udpos", "token", UPOS_TAGS, accuracy, "accuracy", AutoModelForTokenClassification),
-    "wikiann": Task("wikiann", "token", WIKIANN_TAGS, entity_f1, "f1", AutoModelForTokenClassification,
-                    preprocess=preprocess_wikiann, postprocess=postprocess_predictions),
-    "xnli": Task("xnli", "sequence", NLI_LABELS, accuracy, "accuracy", AutoModelForSequenceClassification),
+    "udpos": TokenTagging("udpos", UPOS_TAGS, accuracy, "accuracy", {split: "udpos" for split in _SAME_SPLITS}),
+    "wikiann": TokenTagging("wikiann", WIKIANN_TAGS, entity_f1, "f1", {split: "wikiann" for split in _SAME_SPLITS},
+                            preprocess=preprocess_wikiann, postprocess=postprocess_predictions),
+    # XNLI has no English training set: the paper trains and validates on MultiNLI (App. B).
+    "xnli": SentenceClassification("xnli", NLI_LABELS, accuracy, "accuracy",
+                                   {"train": "mnli", "dev": "mnli", TEST_SPLIT: "xnli"}),
 }
 
 

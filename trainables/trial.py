@@ -41,8 +41,9 @@ from trainables.finetuning import (
     realign_sequentially,
     sequential_realign_steps,
 )
+from trainables.models import model_family
 from trainables.pairs import AlignedCorpus, PairContext, extract_pairs, release_encoders
-from trainables.realignment import build_realigner, get_realign_method
+from trainables.realignment import get_realign_method, input_language
 from trainables.runtime import configure_threads, resolve_device, seed_everything
 from trainables.segmentation import segmentation_id
 from trainables.settings import Settings, make_settings
@@ -116,16 +117,16 @@ def featurize_cached(
 ) -> Features:
     """Tokenised task data, shared by every trial with the same tokenizer files, task slice
     (its input files' content) and featurisation settings."""
-    source = task_source(task.name, split)
+    source = task_source(task, split)
     files = local_source_files(source, {"split": split, "lang": lang}, settings.data_dir)
-    key = cache_key(tokenizer=model_fingerprint(config["model_source"], TOKENIZER_PARTS), task=task.name,
+    key = cache_key(tokenizer=model_fingerprint(config["model_source"], TOKENIZER_PARTS), task=task.feature_key(),
                     split=split, lang=lang, subset=subset.key, data=file_fingerprint(files),
                     source=f"{source.name}-v{source.version}", settings=settings_parts(settings, FEATURE_SETTINGS),
                     segmentation=segmentation_id(lang), version=FEATURES_VERSION)
     path = resolve_cache_dir(settings.cache_dir) / "features" / f"{task.name}-{split}-{lang}-{key}.pt"
 
     def compute() -> Features:
-        examples = load_task_split(task.name, split, lang, settings.data_dir, settings.cache_dir, subset)
+        examples = load_task_split(task, split, lang, settings.data_dir, settings.cache_dir, subset)
         if task.preprocess is not None:  # after subsetting, as the reference (token_classification.py)
             examples = task.preprocess(examples, lang, settings)
         return task.featurize(tokenizer, examples, settings)
@@ -172,8 +173,11 @@ def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inpu
 def scores_and_transfer(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
     """Scores on every evaluated set and CTL (Eq. 1) against `ctl_reference_split`'s English score:
     the test set (the reference code, `score/en`) or the dev set (the paper's text, `score/en_dev`)."""
-    scores = {name: evaluate(model, inputs.tokenizer, inputs.task, features, inputs.settings)
-              for name, features in inputs.test.items()}
+    scores = {}
+    for name, features in inputs.test.items():
+        # a model whose outputs depend on the input's language (realign="linear") is told it
+        with input_language(model, name if name in inputs.settings.langs else None):
+            scores[name] = evaluate(model, inputs.tokenizer, inputs.task, features, inputs.settings)
     languages = {lang: scores[lang] for lang in (SOURCE_LANG, *inputs.settings.langs)}
     reference = scores[SOURCE_DEV] if inputs.settings.ctl_reference_split == "dev" else scores[SOURCE_LANG]
     return {"score": scores, "ctl": cross_lingual_transfer(languages, SOURCE_LANG, reference=reference)}
@@ -193,13 +197,16 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
     metrics = state["metrics"]
     started = time.monotonic()
 
-    def progress_row(phase: str, step: int = 0, epoch: int = 0, loss: float = float("nan")) -> dict[str, Any]:
-        # every report has the same progress columns, so Tune's CSV and TensorBoard logs keep them
-        return {"phase": phase, "step": step, "epoch": epoch, "loss": loss}
+    def progress_row(phase: str, step: int = 0, epoch: int = 0, loss: float = float("nan"),
+                     total: int = 0) -> dict[str, Any]:
+        # every report has the same progress columns, so Tune's CSV and TensorBoard logs keep them;
+        # `total` (0: unknown) lets the live view show step/total and a trial's own ETA
+        return {"phase": phase, "step": step, "epoch": epoch, "loss": loss, "total": total}
 
     def progress(info: Mapping[str, Any]) -> None:
         if info["step"] % REPORT_EVERY_STEPS == 0:
-            report(progress_row(info["phase"], info["step"], info.get("epoch", 0), float(info["loss"])), None)
+            report(progress_row(info["phase"], info["step"], info.get("epoch", 0), float(info["loss"]),
+                                info.get("total", 0)), None)
 
     def checkpoint_now(phase: str, phase_state: Mapping[str, Any]) -> None:
         state["in_progress"] = {"phase": phase, "state": phase_state}
@@ -207,14 +214,17 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
             state.pop("realigned_model", None)
         report(progress_row(phase, phase_state.get("step", 0), phase_state.get("epoch", 0)), state)
 
-    # load
+    # load (pair extraction, AWESOME included: the live view shows the phase while it lasts)
+    report(progress_row("load"), None)
     inputs = load_inputs(config, settings)
     seed_everything(seed)
     model = load_model(config, inputs)
-    metrics["num_layers"] = model.config.num_hidden_layers
+    method.prepare_model(model, settings)  # before any checkpoint is loaded into it
+    metrics["num_layers"] = model_family(model).num_layers(model.config)
 
     # measure: the pre-trained model
     if "pretrained" not in state["done"]:
+        report(progress_row("measure-pretrained"), None)
         metrics.setdefault("align", {})["pretrained"] = pretrained_alignment(config, model, inputs)
         state["done"].append("pretrained")
         report(progress_row("pretrained"), None)
@@ -222,9 +232,10 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
     in_progress = state.get("in_progress") or {}
     if in_progress:  # continuing from a checkpoint taken inside a phase
         metrics["resumed_at"] = f"{in_progress['phase']}:{in_progress['state'].get('epoch', in_progress['state'].get('step'))}"
-    # realign: sequential realignment before fine-tuning
+    # realign: the method's objective alone, before fine-tuning
     if method.sequential and "realigned" not in state["done"]:
-        realigner = build_realigner(model, inputs.tokenizer, inputs.corpora, settings, seed, resolve_device(settings))
+        realigner = method.build_realigner(model, inputs.tokenizer, inputs.corpora, settings, seed,
+                                           resolve_device(settings))
         steps = sequential_realign_steps(len(inputs.train), settings)
         resume = in_progress.get("state") if in_progress.get("phase") == "realign" else None
 
@@ -234,6 +245,7 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
 
         realign_sequentially(model, realigner, steps, settings, resume, seed=seed, on_step=progress,
                              on_checkpoint=realign_checkpoint, checkpoint_every=REALIGN_CHECKPOINT_EVERY)
+        report(progress_row("measure-realigned"), None)
         metrics["align"]["realigned"] = measure(model, inputs)
         state["done"].append("realigned")
         state["realigned_model"] = model.state_dict()
@@ -243,16 +255,17 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
     elif method.sequential and state.get("realigned_model") is not None:
         model.load_state_dict(state["realigned_model"])
 
-    # fine-tune (joint realignment adds its loss at every optimizer step)
+    # fine-tune (joint realignment adds its objective's loss at every optimizer step)
     if "finetuned" not in state["done"]:
-        realigner = (build_realigner(model, inputs.tokenizer, inputs.corpora, settings, seed, resolve_device(settings))
-                     if method.joint else None)
+        realigner = (method.build_realigner(model, inputs.tokenizer, inputs.corpora, settings, seed,
+                                            resolve_device(settings)) if method.joint else None)
         resume = in_progress.get("state") if in_progress.get("phase") == "finetune" else None
         trained = fine_tune(model, inputs.tokenizer, inputs.task, inputs.train, settings, resume, seed=seed,
                             realign=realigner, on_step=progress, on_epoch_end=lambda s: checkpoint_now("finetune", s))
         metrics["finetune_steps"] = trained["step"]
         state["in_progress"] = None
         # measure: the fine-tuned model
+        report(progress_row("measure-finetuned"), None)
         metrics["align"]["finetuned"] = measure(model, inputs)
         metrics.update(scores_and_transfer(model, inputs))
         state["done"].append("finetuned")

@@ -1,5 +1,5 @@
-"""The toy world (trainables/toy.py): layout and formats of ../shared/data, determinism, a
-loadable tiny BERT whose tokenizer splits some words."""
+"""The toy world (toyworld/): layout and formats of ../shared/data, determinism, languages that
+differ in what they share with English, a loadable tiny BERT whose tokenizer splits some words."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,10 @@ import jieba
 import pytest
 import torch
 
-from trainables import toy
+import toyworld as toy
+from toyworld import model as toy_model
+from toyworld import world as toy_world
+from trainables import data as formats
 
 TARGETS = ("ar", "es", "fr", "ru", "zh")
 SMALL = dict(n_train=40, n_test=12, n_parallel=30)  # fast variants for byte-level checks
@@ -120,7 +123,7 @@ def test_nli_files_have_three_columns_and_balanced_labels(data_dir: Path) -> Non
     english = _tsv_rows(data_dir / "xnli/test-en.tsv")
     for lang in TARGETS:
         assert [r[2] for r in _tsv_rows(data_dir / f"xnli/test-{lang}.tsv")] == [r[2] for r in english]
-    negation = toy.make_world().lexicons["en"][toy.NEGATION][0]
+    negation = toy.make_world().lexicons["en"][toy_world.NEGATION][0]
     for premise, hypothesis, label in english:
         if label == "contradiction":
             assert (negation in premise.split()) != (negation in hypothesis.split())
@@ -169,6 +172,39 @@ def test_dictionaries_have_ambiguous_entries_both_ways(data_dir: Path) -> None:
     # names keep their spelling in es/fr: identical pairs the paper's dictionary filter drops
     identical = [s for s, t in _tsv_rows(data_dir / "muse/en-fr.txt") if s == t]
     assert identical and all(word[0].isupper() for word in identical)
+
+
+def test_every_file_reads_back_with_the_project_readers(data_dir: Path) -> None:
+    """The folder is written by trainables.data's writers: its readers accept every file."""
+    for path in sorted((data_dir / "ud").glob("*.conllu")):
+        expected = toy.DEFAULT_TRAIN_SIZE if "train" in path.name else toy.DEFAULT_TEST_SIZE
+        assert len(formats.read_conllu(path)) == expected
+    for path in sorted((data_dir / "wikiann").glob("*.tsv")):
+        lang = path.stem.split("-")[1]
+        assert all(any(t.startswith("B-") for t in s["labels"]) for s in formats.read_token_tsv(path, lang))
+    for path in sorted(data_dir.glob("*nli/*.tsv")):
+        assert {e["label"] for e in formats.read_nli_tsv(path)} == set(toy.NLI_LABELS)
+    for lang in TARGETS:
+        corpus = data_dir / "parallel" / "toy" / f"en-{lang}"
+        assert len(formats.read_line_aligned(corpus.with_suffix(".en"), corpus.with_suffix(f".{lang}"))) == \
+            toy.DEFAULT_PARALLEL_SIZE
+        assert formats.read_muse(data_dir / "muse" / f"en-{lang}.txt")
+
+
+def test_languages_differ_in_the_cognates_they_share_with_english() -> None:
+    """es shares most content words with English (stem + ending), fr fewer, the other scripts none:
+    the toy counterpart of close and distant languages."""
+    world = toy.make_world()
+    content = [k for kind in toy_world.CONTENT_KINDS for k in world.by_kind[kind]]
+
+    def cognate_share(lang: str) -> float:
+        return sum(any(form.startswith(world.lexicons["en"][k][0]) for form in world.lexicons[lang][k])
+                   for k in content) / len(content)
+
+    shares = {lang: cognate_share(lang) for lang in TARGETS}
+    assert shares["es"] > shares["fr"] + 0.2 > 0.3
+    assert shares["ru"] == shares["ar"] == shares["zh"] == 0.0
+    assert all(world.lexicons["es"][k][0] != world.lexicons["en"][k][0] for k in content)  # never identical
 
 
 def test_dictionary_words_occur_in_the_parallel_corpus(data_dir: Path) -> None:
@@ -249,7 +285,7 @@ def test_wordpiece_vocab_by_hand() -> None:
 
 
 def test_tokenizer_training_is_deterministic(data_dir: Path) -> None:
-    texts = list(toy._data_texts(data_dir))
+    texts = list(toy_model.data_texts(data_dir))
     assert toy.train_tokenizer(texts).get_vocab() == toy.train_tokenizer(texts).get_vocab()
 
 
@@ -324,31 +360,57 @@ def test_masking_follows_bert_recipe() -> None:
     ids = torch.randint(len(toy.SPECIAL_TOKENS), 100, (200, 100))
     special = torch.zeros_like(ids, dtype=torch.bool)
     special[:, 0] = True  # e.g. [CLS]: never masked
-    corrupted, labels = toy._mask_tokens(ids, special, mask_id=4, vocab_size=100,
+    corrupted, labels = toy_model.mask_tokens(ids, special, mask_id=4, vocab_size=100,
                                          generator=torch.Generator().manual_seed(0))
-    chosen = labels != toy.IGNORE_LABEL
+    chosen = labels != toy_model.IGNORE_LABEL
     assert not chosen[:, 0].any()
     assert torch.equal(labels[chosen], ids[chosen])  # labels are the original ids
     assert torch.equal(corrupted[~chosen], ids[~chosen])  # unchosen tokens untouched
-    assert abs(chosen[:, 1:].float().mean().item() - toy.MASK_PROBABILITY) < 0.01
+    assert abs(chosen[:, 1:].float().mean().item() - toy_model.MASK_PROBABILITY) < 0.01
     masked_share = (corrupted[chosen] == 4).float().mean().item()
-    assert abs(masked_share - toy.MASK_TOKEN_SHARE) < 0.03
+    assert abs(masked_share - toy_model.MASK_TOKEN_SHARE) < 0.03
 
 
 def test_pretraining_lowers_the_masked_lm_loss(tmp_path: Path) -> None:
     from transformers import BertConfig, BertForMaskedLM
 
     small = toy.write_toy_data(tmp_path / "data", **SMALL)
-    tokenizer = toy.train_tokenizer(toy._data_texts(small))
+    tokenizer = toy.train_tokenizer(toy_model.data_texts(small))
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    losses = toy._pretrain(BertForMaskedLM(config), tokenizer, toy._parallel_pairs(small), 30, seed=0)
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
+    pairs = toy_model.parallel_pairs(small)
+    for tlm_share in (0.0, 1.0):  # monolingual MLM alone and translation LM alone both learn
+        torch.manual_seed(0)
+        losses = toy_model.pretrain(BertForMaskedLM(config), tokenizer, pairs, 30, seed=0, tlm_share=tlm_share)
+        assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, tlm_share
+    with pytest.raises(ValueError, match="tlm_share=1.5"):
+        toy_model.pretrain(BertForMaskedLM(config), tokenizer, pairs, 1, seed=0, tlm_share=1.5)
+
+
+def test_code_switching_replaces_dictionary_words_by_translations(tmp_path: Path) -> None:
+    small = toy.write_toy_data(tmp_path / "data", langs=("es", "ru"), **SMALL)
+    assert toy_model.code_switched(small, 0.0, seed=0) == []
+    english = (small / "parallel/toy/en-ru.en").read_text(encoding="utf-8").splitlines()
+    full = toy_model.code_switched(small, 1.0, seed=0)
+    assert len(full) == 2 * 2 * SMALL["n_parallel"]  # both sides of both corpora
+    # corpora in sorted order (es, ru), English side first: en->ru lines are the third block
+    en_to_ru = full[2 * SMALL["n_parallel"]:3 * SMALL["n_parallel"]]
+    cyrillic = sum(bool(re.search(r"[\u0400-\u04FF]", w)) for line in en_to_ru for w in line.split())
+    latin = sum(bool(re.search(r"[a-z]", w)) for line in en_to_ru for w in line.split())
+    assert cyrillic > 5 * latin  # nearly every English word has a dictionary entry and was switched
+    some = toy_model.code_switched(small, 0.3, seed=0)
+    assert some == toy_model.code_switched(small, 0.3, seed=0) != toy_model.code_switched(small, 0.3, seed=1)
+    switched = some[2 * SMALL["n_parallel"]:3 * SMALL["n_parallel"]]
+    originals = [re.findall(r"\w+|[^\w\s]+", line) for line in english]
+    pairs = [(a, b) for line, original in zip(switched, originals) for a, b in zip(line.split(), original)]
+    assert all(len(line.split()) == len(original) for line, original in zip(switched, originals))
+    assert 0.15 < sum(a != b for a, b in pairs) / len(pairs) < 0.4  # about the rate, of the dictionary words
+    with pytest.raises(ValueError, match="rate=2"):
+        toy_model.code_switched(small, 2, seed=0)
 
 
 def test_cli_writes_data_and_model(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "trainables.toy", str(tmp_path / "toy"), "--pretrain-steps", "2",
+    result = subprocess.run([sys.executable, "-m", "toyworld", str(tmp_path / "toy"), "--pretrain-steps", "2",
                              "--n-train", "20", "--n-test", "6", "--n-parallel", "20"],
                             capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
     data, model = result.stdout.split()

@@ -1,0 +1,137 @@
+"""The sweep's live view and plain log, driven by fixed fake trial states and a fake clock."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from sweep.display import SweepProgress, ViewRelay, format_duration, trial_group  # noqa: E402
+from sweep.trainable import FAILURE_FILE  # noqa: E402
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeTrial:
+    def __init__(self, trial_id, status, key, model="e5-small", task="udpos", realign="joint", seed=0, path="/r/t"):
+        self.trial_id, self.status, self.path = trial_id, status, path
+        self.config = {"trial": {"key": key, "model": model, "task": task, "realign": realign, "seed": seed}}
+
+    def __str__(self):
+        return Path(self.path).name
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of each table row of a rendered frame (box-drawing separators)."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip().replace("┃", "│")  # header rows use the heavy bar
+        if line.startswith("│"):
+            rows.append([cell.strip() for cell in line.strip("│").split("│")])
+    return rows
+
+
+def test_frame_has_one_row_per_running_trial_and_hand_worked_etas():
+    clock = Clock()
+    # Earlier runs finished two udpos/joint trials in 100 s and 140 s (mean 120 s) and one
+    # wikiann/none trial in 60 s; four trials are left: two udpos/joint, one wikiann/none, one xnli/before.
+    durations = [("e5-small/udpos/joint", 100.0), ("e5-small/udpos/joint", 140.0), ("e5-small/wikiann/none", 60.0)]
+    todo = {"e5-small/udpos/joint": 2, "e5-small/wikiann/none": 1, "e5-small/xnli/before": 1}
+    view = SweepProgress(total=7, done=3, mode="quiet", todo=todo, durations=durations,
+                         keys=["k1", "k2", "k3", "k4"], clock=clock)
+    relay = ViewRelay()
+    a = FakeTrial("a", "RUNNING", "k1", seed=1)
+    b = FakeTrial("b", "RUNNING", "k2", task="wikiann", realign="none", seed=0)
+    stale = FakeTrial("z", "TERMINATED", "old")  # a restored batch's trial the experiment no longer has
+    with view:
+        relay.on_trial_start(iteration=1, trials=[a, b, stale], trial=a)
+        clock.now += 30
+        relay.on_trial_start(iteration=2, trials=[a, b, stale], trial=b)
+        clock.now += 10  # a has run 40 s, b 10 s
+        relay.on_trial_result(iteration=3, trials=[a, b], trial=a,
+                              result={"phase": "finetune", "step": 50, "total": 200, "loss": 0.61234, "epoch": 1})
+        relay.on_trial_result(iteration=3, trials=[a, b], trial=b,
+                              result={"phase": "pretrained", "step": 0, "loss": float("nan"), "epoch": 0})
+        relay.on_step_end(iteration=4, trials=[a, b, stale])
+        text = view.render_text(width=140)
+    assert view.counts == {"done": 3, "running": 2, "failed": 0}  # the stale trial is not counted
+    rows = table_rows(text)
+    assert rows[0] == ["done", "running", "failed", "pending", "elapsed", "ETA"]
+    assert rows[1] == ["3/7", "2", "0", "2", "0:40", "2:55"]
+    # a: group mean 120 s - 40 s = 80 s; b: 60 s - 10 s = 50 s. Work left: 80 + 50 + one more
+    # udpos/joint (120) + xnli/before (no trial of its own kind finished: the mean of all, 100):
+    # 350 s over 2 running trials = 175 s.
+    assert view.trial_eta(view.running["a"]) == pytest.approx(80.0)
+    assert view.trial_eta(view.running["b"]) == pytest.approx(50.0)
+    assert view.remaining_seconds() == pytest.approx(175.0)
+    assert rows[2] == ["model", "task", "method", "seed", "phase", "step", "loss", "elapsed", "ETA"]
+    assert rows[3] == ["e5-small", "udpos", "joint", "1", "finetune", "50/200", "0.6123", "0:40", "1:20"]
+    assert rows[4] == ["e5-small", "wikiann", "none", "0", "pretrained", "0", "", "0:10", "0:50"]
+    assert len(rows) == 5
+
+
+def test_log_mode_prints_one_line_per_event_and_counts_across_batches(tmp_path):
+    clock = Clock()
+    out = io.StringIO()
+    finished = []
+    (tmp_path / "t2").mkdir()
+    (tmp_path / "t2" / FAILURE_FILE).write_text(json.dumps({"reason": "ValueError: x.tsv:12: tag 'B-FOO'"}))
+    view = SweepProgress(total=3, done=1, mode="log", log=out, keys=["k1", "k2"], clock=clock,
+                         on_finished=finished.append, todo={"e5-small/udpos/joint": 2})
+    relay = ViewRelay()
+    first = FakeTrial("a", "RUNNING", "k1")
+    second = FakeTrial("b", "RUNNING", "k2", seed=1, path=str(tmp_path / "t2"))
+    with view:
+        relay.on_trial_start(iteration=1, trials=[first], trial=first)  # batch 1 (restored)
+        relay.on_trial_result(iteration=1, trials=[first], trial=first, result={"phase": "finetune", "step": 25})
+        relay.on_trial_result(iteration=2, trials=[first], trial=first, result={"phase": "finetune", "step": 50})
+        clock.now += 65
+        first.status = "TERMINATED"
+        relay.on_trial_complete(iteration=3, trials=[first], trial=first)
+        relay.on_trial_start(iteration=4, trials=[second], trial=second)  # batch 2: Tune's list has only it
+        second.status = "ERROR"
+        relay.on_trial_error(iteration=5, trials=[second], trial=second)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "[0:00] start  e5-small udpos joint s0",
+        "[0:00] phase  e5-small udpos joint s0: finetune",  # the second report is the same phase: no line
+        "[1:05] done   e5-small udpos joint s0 in 1:05 (2/3 done, ETA 1:05)",  # one udpos/joint left
+        "[1:05] start  e5-small udpos joint s1",
+        f"[1:05] failed t2: ValueError: x.tsv:12: tag 'B-FOO' (log: {tmp_path / 't2' / 'error.txt'})",
+        "[1:05] end    2/3 done, 1 failed, 0 pending",
+    ]
+    assert view.counts == {"done": 2, "running": 0, "failed": 1}  # batch 1's finished trial still counted
+    assert finished == [1]
+
+
+def test_live_view_of_a_restored_run_counts_its_finished_trials_and_lists_failures(tmp_path):
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t1" / FAILURE_FILE).write_text(json.dumps({"reason": "ValueError: x.tsv:12: tag 'B-FOO'"}))
+    view = SweepProgress(total=3, done=2, mode="quiet")
+    assert view.pending == 1  # known finished before Tune reports anything
+    relay = ViewRelay()
+    with view:
+        trial = FakeTrial("t1", "ERROR", "k1", path=str(tmp_path / "t1"))
+        relay.on_trial_error(iteration=1, trials=[trial], trial=trial)
+        text = view.render_text()
+    assert view.counts == {"done": 2, "running": 0, "failed": 1} and view.pending == 0
+    assert view.failures == [f"t1: ValueError: x.tsv:12: tag 'B-FOO' (log: {tmp_path / 't1' / 'error.txt'})"]
+    assert "failed: t1: ValueError: x.tsv:12: tag 'B-FOO'" in text
+    relay.on_step_end(iteration=2, trials=[FakeTrial("t9", "RUNNING", "k9")])  # a closed view hears nothing
+    assert view.counts["running"] == 0
+
+
+def test_helpers():
+    assert format_duration(None) == "?" and format_duration(65) == "1:05" and format_duration(3725) == "1:02:05"
+    assert trial_group({"model": "m", "task": "udpos", "realign": "none"}) == "m/udpos/none"
+    with pytest.raises(ValueError, match="view mode 'fancy'"):
+        SweepProgress(total=1, mode="fancy")
