@@ -218,17 +218,10 @@ def read_conllu(path: Path, labels: Sequence[str] = UPOS_TAGS) -> list[dict[str,
     not end with a blank line keeps its last sentence.
     """
     allowed = frozenset(labels)
-    examples: list[dict[str, list[str]]] = []
-    words: list[str] = []
-    tags: list[str] = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            if words:
-                examples.append({"words": words, "labels": tags})
-                words, tags = [], []
-            continue
+
+    def word_and_tag(number: int, line: str) -> tuple[str, str] | None:
         if line.startswith("#"):
-            continue
+            return None
         columns = line.split("\t")
         if len(columns) != CONLLU_COLUMNS:
             raise DataSourceError(
@@ -236,18 +229,16 @@ def read_conllu(path: Path, labels: Sequence[str] = UPOS_TAGS) -> list[dict[str,
             )
         token_id, form, upos = columns[0], columns[1], columns[3]
         if _CONLLU_OTHER_ID.fullmatch(token_id):
-            continue
+            return None
         if not _CONLLU_WORD_ID.fullmatch(token_id):
             raise DataSourceError(f"{path}:{number}: ID {token_id!r} is not a word index, range or empty node")
         if upos not in allowed:
             raise DataSourceError(
                 f"{path}:{number}: word {form!r} has UPOS {upos!r}, expected one of {' '.join(sorted(allowed))}"
             )
-        words.append(form)
-        tags.append(upos)
-    if words:
-        examples.append({"words": words, "labels": tags})
-    return examples
+        return form, upos
+
+    return _tagged_sentences(path, word_and_tag)
 
 
 def read_token_tsv(path: Path, lang: str, labels: Sequence[str] = WIKIANN_TAGS) -> list[dict[str, list[str]]]:
@@ -258,15 +249,8 @@ def read_token_tsv(path: Path, lang: str, labels: Sequence[str] = WIKIANN_TAGS) 
     """
     prefix = f"{lang}:"
     allowed = frozenset(labels)
-    examples: list[dict[str, list[str]]] = []
-    words: list[str] = []
-    tags: list[str] = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            if words:
-                examples.append({"words": words, "labels": tags})
-                words, tags = [], []
-            continue
+
+    def word_and_tag(number: int, line: str) -> tuple[str, str]:
         fields = line.split("\t")
         if len(fields) != 2:
             raise DataSourceError(
@@ -277,8 +261,30 @@ def read_token_tsv(path: Path, lang: str, labels: Sequence[str] = WIKIANN_TAGS) 
             raise DataSourceError(f"{path}:{number}: empty token before the tag {tag!r}")
         if tag not in allowed:
             raise DataSourceError(f"{path}:{number}: tag {tag!r} is not one of {' '.join(labels)}")
-        words.append(token[len(prefix):] if token.startswith(prefix) else token)
-        tags.append(tag)
+        return (token[len(prefix):] if token.startswith(prefix) else token), tag
+
+    return _tagged_sentences(path, word_and_tag)
+
+
+def _tagged_sentences(
+    path: Path, word_and_tag: Callable[[int, str], tuple[str, str] | None]
+) -> list[dict[str, list[str]]]:
+    """Sentences of a one-token-a-line file, a blank line between sentences (CoNLL-U, PAN-X):
+    `word_and_tag(line_number, line)` parses a line (None: a line that holds no word); a file
+    that does not end with a blank line keeps its last sentence."""
+    examples: list[dict[str, list[str]]] = []
+    words: list[str] = []
+    tags: list[str] = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            if words:
+                examples.append({"words": words, "labels": tags})
+                words, tags = [], []
+            continue
+        parsed = word_and_tag(number, line)
+        if parsed is not None:
+            words.append(parsed[0])
+            tags.append(parsed[1])
     if words:
         examples.append({"words": words, "labels": tags})
     return examples
