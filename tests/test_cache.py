@@ -135,7 +135,7 @@ def test_features_follow_the_data_file_content_and_failures_are_not_cached(tiny_
 
 # A valid other value for every setting the keys list (the tests below check the lists match).
 OTHER_VALUES = dict(task_max_length=64, nli_max_length=128, long_sentences="truncate", keep_lone_prefix=True,
-                    ner_zh_words=False, align_pairs=500, align_seed=1, align_pooling="mean",
+                    ner_zh_words=False, ud_multiword_tokens="skip", align_pairs=500, align_seed=1, align_pooling="mean",
                     align_sampling="uniform", align_max_length=64, langs=("es", "fr"), parallel_subset=100,
                     subset_mode="random", subset_seed=1, precision="bf16")
 TRAINING_ONLY = dict(learning_rate=1e-3, epochs=2, batch_size=64, micro_batch_size=16, joint_weight=0.5,

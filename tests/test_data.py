@@ -32,7 +32,8 @@ from trainables.data import (
     resolve_cache_dir,
     resolve_data_dir,
 )
-from trainables.tasks import NLI_LABELS, UPOS_TAGS, WIKIANN_TAGS
+from trainables.settings import Settings
+from trainables.tasks import NLI_LABELS, UD_LABELS, WIKIANN_TAGS, preprocess_ud
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -74,17 +75,39 @@ def test_real_split_counts_and_labels(task, split, lang, count):
         assert {e["label"] for e in examples} == set(NLI_LABELS)
         assert all(e["premise"] and e["hypothesis"] for e in examples)
     else:
-        tags = set(UPOS_TAGS if task == "udpos" else WIKIANN_TAGS)
+        tags = set(UD_LABELS if task == "udpos" else WIKIANN_TAGS)
         labels = {label for e in examples for label in e["labels"]}
         assert labels <= tags and len(labels) > 5
         assert all(len(e["words"]) == len(e["labels"]) > 0 for e in examples)
 
 
-def test_ud_multiword_tokens_are_replaced_by_their_words():
-    # es_gsd test has range lines such as "6-7 del": only the syntactic words "de" "el" remain.
+def test_ud_multiword_tokens_scored_as_the_reference_or_skipped():
+    # es_gsd test has range lines such as "6-7 del" before its words "de" "el". The reference's
+    # hub loader gave every line as a word, ranges labelled "_"; "skip" keeps the syntactic words.
     examples = load_task_split("udpos", "test", "es", data_dir=SHARED_DATA)
-    words = [w for e in examples for w in e["words"]]
-    assert "del" not in words and "de" in words and "el" in words
+    scored = preprocess_ud(examples, "es", Settings())
+    skipped = preprocess_ud(examples, "es", Settings(ud_multiword_tokens="skip"))
+    words = [w for e in scored for w in e["words"]]
+    labels = [t for e in scored for t in e["labels"]]
+    assert "del" in words and labels.count("_") == 267  # the file's range lines
+    assert len(words) == 12_002 + 267
+    assert "del" not in [w for e in skipped for w in e["words"]]
+    assert sum(len(e["words"]) for e in skipped) == 12_002
+    assert all(set(e) == {"words", "labels"} for e in scored + skipped)
+
+
+def test_conllu_ranges_and_empty_nodes_in_file_order(tmp_path):
+    lines = ["1-2\tdel\t_\t_\t_\t_\t_\t_\t_\t_", "1\tde\tde\tADP\t_\t_\t0\troot\t_\t_",
+             "2\tel\tel\tDET\t_\t_\t1\tdet\t_\t_", "2.1\tva\tir\tVERB\t_\t_\t_\t_\t1:x\t_"]
+    path = tmp_path / "x.conllu"
+    path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    assert read_conllu(path) == [{"words": ["de", "el"], "labels": ["ADP", "DET"]}]
+    assert read_conllu(path, UD_LABELS, multiword_tokens=True) == [
+        {"words": ["del", "de", "el", "va"], "labels": ["_", "ADP", "DET", "VERB"],
+         "syntactic": [False, True, True, False]}]
+    [example] = read_conllu(path, UD_LABELS, multiword_tokens=True)
+    assert preprocess_ud([example], "es", Settings(ud_multiword_tokens="skip")) == [
+        {"words": ["de", "el"], "labels": ["ADP", "DET"]}]
 
 
 def test_real_parallel_and_dictionary():
@@ -105,7 +128,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_conllu_skips_ranges_and_empty_nodes(tmp_path):
+def test_conllu_ranges_and_empty_nodes_scored_or_skipped(tmp_path):
     write(
         tmp_path / "ud/es_gsd-ud-test.conllu",
         """
@@ -119,7 +142,10 @@ def test_conllu_skips_ranges_and_empty_nodes(tmp_path):
         """,
     )
     examples = load_task_split("udpos", "test", "es", data_dir=tmp_path)
-    assert examples == [{"words": ["de", "el", "campo"], "labels": ["ADP", "DET", "NOUN"]}]
+    assert preprocess_ud(examples, "es", Settings(ud_multiword_tokens="skip")) == [
+        {"words": ["de", "el", "campo"], "labels": ["ADP", "DET", "NOUN"]}]
+    assert preprocess_ud(examples, "es", Settings()) == [
+        {"words": ["del", "de", "el", "fue", "campo"], "labels": ["_", "ADP", "DET", "AUX", "NOUN"]}]
 
 
 def test_wikiann_language_prefix_is_stripped(tmp_path):
@@ -154,6 +180,23 @@ def test_dictionary_merges_both_files_and_both_separators(tmp_path):
         "gato": frozenset({"cat"}),
         "minino": frozenset({"cat"}),
     }
+
+
+def test_dictionary_with_the_reference_copy_of_en_x_as_x_en(tmp_path):
+    # The reference's download script saved en-X under the X-en name, and get_dicos read it as
+    # X-en: each en-X entry lands in both maps both ways round; the real X-en file is never read.
+    write(tmp_path / "muse/en-xx.txt", "dog\tperro\ncat gato\n")
+    write(tmp_path / "muse/xx-en.txt", "perro\thound\nminino\tcat\n")
+    both_ways = {
+        "dog": frozenset({"perro"}), "cat": frozenset({"gato"}),
+        "perro": frozenset({"dog"}), "gato": frozenset({"cat"}),
+    }
+    assert load_dictionary("en", "xx", data_dir=tmp_path, reverse_file="en-x-copy") == both_ways
+    assert load_dictionary("xx", "en", data_dir=tmp_path, reverse_file="en-x-copy") == both_ways
+    (tmp_path / "muse/xx-en.txt").unlink()  # not needed in that mode
+    assert load_dictionary("en", "xx", data_dir=tmp_path, reverse_file="en-x-copy") == both_ways
+    with pytest.raises(ValueError, match="muse_reverse_file='xx-en'"):
+        load_dictionary("en", "xx", data_dir=tmp_path, reverse_file="xx-en")
 
 
 def test_parallel_files_must_be_line_aligned(tmp_path):

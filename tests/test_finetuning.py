@@ -464,11 +464,11 @@ def test_acl2023_code_preset_gives_each_choice_of_the_code():
     paper = make_settings({}, model="xlm-roberta-large")
     assert (paper.realign_layer, paper.joint_weight, paper.realign_projection, paper.learning_rate,
             paper.realign_schedule, paper.schedule_micro_batch_size, paper.length_group_factor, paper.precision,
-            paper.max_grad_norm) == (-1, 1.0, False, 2e-5, "linear", None, 50, "auto", None)
+            paper.max_grad_norm) == (-1, 1.0, False, 2e-5, "linear", None, 1, "tf32", None)
     code = make_settings({"preset": "acl2023-code"}, model="xlm-roberta-large")
     assert code.realign_layer == -2 and code.joint_weight == 0.1 and code.realign_projection
     assert code.learning_rate == 7.5e-6 and code.realign_schedule == "constant"
-    assert code.schedule_micro_batch_size == 8 and code.length_group_factor == 1 and code.precision == "fp32"
+    assert code.schedule_micro_batch_size == 8 and code.length_group_factor == 1 and code.precision == "tf32"
     # what the code shares with the paper's text stays
     assert (code.batch_size, code.epochs, code.warmup_ratio, code.weight_decay, code.max_grad_norm,
             code.realign_batch_size, code.realign_max_length, code.realign_temperature) == (32, 5, 0.1, 0.0, None, 16, 96, 0.1)
@@ -535,4 +535,4 @@ def test_ud_is_read_remotely_at_release_2_7():
     assert source.remote(split="test", lang="zh") == f"{base}/UD_Chinese-GSD/r2.7/zh_gsd-ud-test.conllu"
     assert all("/r2.7/" in source.remote(split="test", lang=lang) for lang in data.LANGUAGES)
     cached = data._remote_cache_path(source, {"split": "test", "lang": "zh"}, data.Path("/cache"), None)
-    assert cached.name == "zh-test-vr2.7.jsonl"  # another release is another cache file
+    assert cached.name == "zh-test-vr2.7-all-lines.jsonl"  # another release is another cache file

@@ -69,7 +69,7 @@ def test_every_setting_rejects_a_value_of_the_wrong_type(name):
         ("ctl_reference_split", "train", "one of 'test', 'dev'"),
         ("subset_mode", "last", "one of 'first', 'random'"),
         ("align_pooling", "max", "one of 'first', 'mean'"),
-        ("precision", "fp16", "one of 'auto', 'fp32', 'bf16'"),
+        ("precision", "fp16", "one of 'tf32', 'fp32', 'bf16'"),
         ("preset", "papr", "did you mean 'paper'?"),
         ("eval_pairs", "dicco", "did you mean 'dico'?"),
         ("keep_lone_prefix", "false", "True or False"),

@@ -43,7 +43,7 @@ from trainables.cache import (
 from trainables.registry import did_you_mean, lookup, unknown_name
 # The label sets belong to the tasks (trainables/tasks.py); the readers check against the set of
 # the task that reads them, these being the formats' own tag sets by default.
-from trainables.tasks import NLI_LABELS, UPOS_TAGS, WIKIANN_TAGS, Task, get_task
+from trainables.tasks import MULTIWORD_LABEL, NLI_LABELS, UPOS_TAGS, WIKIANN_TAGS, Task, get_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -209,17 +209,23 @@ _CONLLU_WORD_ID = re.compile(r"[1-9][0-9]*")
 _CONLLU_OTHER_ID = re.compile(r"[1-9][0-9]*-[1-9][0-9]*|[0-9]+\.[1-9][0-9]*")  # ranges, empty nodes
 
 
-def read_conllu(path: Path, labels: Sequence[str] = UPOS_TAGS) -> list[dict[str, list[str]]]:
+def read_conllu(
+    path: Path, labels: Sequence[str] = UPOS_TAGS, multiword_tokens: bool = False
+) -> list[dict[str, list]]:
     """Sentences of a CoNLL-U file as {"words", "labels"} with UPOS labels.
 
     Multiword-token lines (ids that are ranges, e.g. "6-7") and empty nodes (ids like "8.1") are
-    skipped: the syntactic words carry the tags. Every token line is checked (10 tab-separated
-    columns, a valid ID, a UPOS tag among `labels`, the reading task's label set); a file that does
-    not end with a blank line keeps its last sentence.
+    skipped by default: the syntactic words carry the tags. With `multiword_tokens`, every line is
+    a word, in file order, as the hub's universal_dependencies loader gave them to the reference:
+    a range gets the label "_" (its UPOS column), an empty node its UPOS, and a "syntactic" list
+    marks the ordinary words (True) apart from ranges and empty nodes (False), so that
+    `trainables.tasks.preprocess_ud` can keep either reading. Every token line is checked (10
+    tab-separated columns, a valid ID, a UPOS tag among `labels`, the reading task's label set);
+    a file that does not end with a blank line keeps its last sentence.
     """
     allowed = frozenset(labels)
 
-    def word_and_tag(number: int, line: str) -> tuple[str, str] | None:
+    def word_and_tag(number: int, line: str) -> tuple[str, str, bool] | None:
         if line.startswith("#"):
             return None
         columns = line.split("\t")
@@ -229,16 +235,22 @@ def read_conllu(path: Path, labels: Sequence[str] = UPOS_TAGS) -> list[dict[str,
             )
         token_id, form, upos = columns[0], columns[1], columns[3]
         if _CONLLU_OTHER_ID.fullmatch(token_id):
-            return None
-        if not _CONLLU_WORD_ID.fullmatch(token_id):
+            if not multiword_tokens:
+                return None
+            if "-" in token_id:
+                return form, MULTIWORD_LABEL, False
+            syntactic = False
+        elif _CONLLU_WORD_ID.fullmatch(token_id):
+            syntactic = True
+        else:
             raise DataSourceError(f"{path}:{number}: ID {token_id!r} is not a word index, range or empty node")
         if upos not in allowed:
             raise DataSourceError(
                 f"{path}:{number}: word {form!r} has UPOS {upos!r}, expected one of {' '.join(sorted(allowed))}"
             )
-        return form, upos
+        return form, upos, syntactic
 
-    return _tagged_sentences(path, word_and_tag)
+    return _tagged_sentences(path, word_and_tag, mark_syntactic=multiword_tokens)
 
 
 def read_token_tsv(path: Path, lang: str, labels: Sequence[str] = WIKIANN_TAGS) -> list[dict[str, list[str]]]:
@@ -267,26 +279,32 @@ def read_token_tsv(path: Path, lang: str, labels: Sequence[str] = WIKIANN_TAGS) 
 
 
 def _tagged_sentences(
-    path: Path, word_and_tag: Callable[[int, str], tuple[str, str] | None]
-) -> list[dict[str, list[str]]]:
+    path: Path, word_and_tag: Callable[[int, str], tuple | None], mark_syntactic: bool = False
+) -> list[dict[str, list]]:
     """Sentences of a one-token-a-line file, a blank line between sentences (CoNLL-U, PAN-X):
-    `word_and_tag(line_number, line)` parses a line (None: a line that holds no word); a file
-    that does not end with a blank line keeps its last sentence."""
-    examples: list[dict[str, list[str]]] = []
-    words: list[str] = []
-    tags: list[str] = []
+    `word_and_tag(line_number, line)` parses a line into (word, tag) or (word, tag, syntactic)
+    (None: a line that holds no word); `mark_syntactic` keeps the third item as a "syntactic"
+    list. A file that does not end with a blank line keeps its last sentence."""
+    examples: list[dict[str, list]] = []
+    sentence: list[tuple] = []
+
+    def close() -> None:
+        example = {"words": [p[0] for p in sentence], "labels": [p[1] for p in sentence]}
+        if mark_syntactic:
+            example["syntactic"] = [p[2] for p in sentence]
+        examples.append(example)
+
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
-            if words:
-                examples.append({"words": words, "labels": tags})
-                words, tags = [], []
+            if sentence:
+                close()
+                sentence = []
             continue
         parsed = word_and_tag(number, line)
         if parsed is not None:
-            words.append(parsed[0])
-            tags.append(parsed[1])
-    if words:
-        examples.append({"words": words, "labels": tags})
+            sentence.append(parsed)
+    if sentence:
+        close()
     return examples
 
 
@@ -508,7 +526,8 @@ def _ud_url(split: str, lang: str) -> str:
 
 
 def _fetch_udpos(limit: int | None, split: str, lang: str, labels: Sequence[str] = UPOS_TAGS) -> list[dict]:
-    return _download_and_read(_ud_url(split, lang), lambda path: read_conllu(path, labels), ".conllu")
+    return _download_and_read(_ud_url(split, lang), lambda path: read_conllu(path, labels, multiword_tokens=True),
+                              ".conllu")
 
 
 def _fetch_wikiann(limit: int | None, split: str, lang: str, labels: Sequence[str] = WIKIANN_TAGS) -> list[dict]:
@@ -661,11 +680,11 @@ DATA_SOURCES: dict[str, DataSource] = {
         role="task",
         layout="ud/{treebank}-ud-{split}.conllu, CoNLL-U (e.g. ud/en_ewt-ud-train.conllu)",
         local_files=lambda split, lang: [f"ud/{UD_TREEBANKS[lang].code}-ud-{split}.conllu"],
-        read_local=lambda paths, split, lang, **labels: read_conllu(paths[0], **labels),
+        read_local=lambda paths, split, lang, **labels: read_conllu(paths[0], **labels, multiword_tokens=True),
         validate=_validate_udpos,
         fetch=_fetch_udpos,
         remote=_ud_url,
-        version=UD_RELEASE_TAG,
+        version=f"{UD_RELEASE_TAG}-all-lines",  # cached downloads keep ranges and empty nodes, marked
     ),
     "wikiann": DataSource(
         name="wikiann",
@@ -908,20 +927,41 @@ def load_parallel(
     return subset.apply(pairs)
 
 
+MUSE_REVERSE_FILES = ("en-x-copy", "x-en")
+
+
+def muse_file_key(src: str, tgt: str, reverse_file: str = "x-en") -> dict[str, str]:
+    """The MUSE file read for the `src`-`tgt` direction.
+
+    "x-en": the real X-en file. "en-x-copy": the en-X file stands in for X-en, as in the
+    reference: its `download_resources/muse_dictionaries.sh` saved en-X under the X-en name, and
+    `data.get_dicos` read that copy as X-en, so its maps hold the en-X entries both ways round
+    (docs/protocol.md, MUSE X-en file).
+    """
+    if reverse_file not in MUSE_REVERSE_FILES:
+        raise ValueError(f"setting muse_reverse_file={reverse_file!r} must be one of {MUSE_REVERSE_FILES}")
+    if reverse_file == "en-x-copy" and tgt == "en":
+        return {"src": "en", "tgt": src}
+    return {"src": src, "tgt": tgt}
+
+
 def load_dictionary(
     src: str,
     tgt: str,
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    reverse_file: str = "x-en",
 ) -> dict[str, frozenset[str]]:
     """`src` word -> its `tgt` translations, from both MUSE files: src-tgt and (inverted) tgt-src.
 
-    Both directions are used, as the paper intended (its code downloaded en-X twice by mistake:
-    `download_resources/muse_dictionaries.sh`). Words are as in the files (MUSE is lowercase).
+    `reverse_file` says which file is read for the X-en direction (`muse_file_key`): the real one
+    ("x-en"), or the en-X file in its place ("en-x-copy", the reference's pipeline, whose maps
+    then hold each en-X entry in both directions, keyed by words of both languages). Words are as
+    in the files (MUSE is lowercase).
     """
     muse = get_source("muse")
-    forward = load_source(muse, {"src": src, "tgt": tgt}, data_dir, cache_dir)
-    backward = load_source(muse, {"src": tgt, "tgt": src}, data_dir, cache_dir)
+    forward = load_source(muse, muse_file_key(src, tgt, reverse_file), data_dir, cache_dir)
+    backward = load_source(muse, muse_file_key(tgt, src, reverse_file), data_dir, cache_dir)
     translations: dict[str, set[str]] = {}
     for word, translation in itertools.chain(forward, ((b, a) for a, b in backward)):
         translations.setdefault(word, set()).add(translation)

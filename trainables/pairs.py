@@ -62,6 +62,7 @@ from trainables.data import (
     load_dictionary,
     load_parallel,
     local_source_files,
+    muse_file_key,
     resolve_cache_dir,
 )
 from trainables.errors import TrialInputError
@@ -112,6 +113,7 @@ class PairContext:
     awesome_max_length: int = AWESOME_MAX_LENGTH
     device: str = "cpu"
     dico_lowercase: bool = False  # False: the reference's case-sensitive rule (pairs_from_dictionary)
+    muse_reverse_file: str = "en-x-copy"  # the reference's X-en file: a copy of en-X (data.muse_file_key)
     fastalign_iterations: int = FASTALIGN_ITERATIONS
     fastalign_favor_diagonal: bool = True  # -d
     fastalign_optimize_tension: bool = True  # -o
@@ -132,6 +134,7 @@ class PairContext:
             awesome_layer=settings.awesome_layer,
             awesome_threshold=settings.awesome_threshold,
             dico_lowercase=settings.dico_lowercase,
+            muse_reverse_file=settings.muse_reverse_file,
             device=device,
         )
         values.update(overrides)
@@ -142,10 +145,11 @@ class PairContext:
         content of the files it reads (device and batch size change nothing)."""
         if source == "dico":
             muse = get_source("muse")
-            files = [f for key in ({"src": "en", "tgt": lang}, {"src": lang, "tgt": "en"})
-                     for f in local_source_files(muse, key, self.data_dir)]
+            keys = (muse_file_key("en", lang, self.muse_reverse_file), muse_file_key(lang, "en", self.muse_reverse_file))
+            files = [f for key in keys for f in local_source_files(muse, key, self.data_dir)]
             # no local files: the downloads, named by the source's version
-            return dict(lowercase=self.dico_lowercase, dictionary=file_fingerprint(files), muse=muse.version)
+            return dict(lowercase=self.dico_lowercase, reverse_file=self.muse_reverse_file,
+                        dictionary=file_fingerprint(files), muse=muse.version)
         if source == "awesome":
             return dict(
                 model=self.awesome_model,
@@ -271,7 +275,8 @@ def pairs_from_dictionary(
     inverted en-X (what `load_dictionary` returns, and what `get_dicos` builds). Rule 3 counts
     source positions, so a repeated English word is dropped even when the dictionaries are not
     symmetric. (The reference's download_resources/muse_dictionaries.sh saved en-X under the X-en
-    name as well, so its maps held en-X entries only; here X-en is its own file.)
+    name as well, so its maps held the en-X entries both ways round: `dico_source` does the same
+    unless `muse_reverse_file="x-en"`, data.muse_file_key.)
 
     By default (the reference, `get_dicos(ignore_identical=True, tokenize=False)`) entries
     spelled the same in both languages are removed before matching, so that "taxi" -> {"taxi",
@@ -311,8 +316,8 @@ def pairs_from_dictionary(
 
 
 def dico_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
-    en_to_x = load_dictionary("en", lang, context.data_dir, context.cache_dir)
-    x_to_en = load_dictionary(lang, "en", context.data_dir, context.cache_dir)
+    en_to_x = load_dictionary("en", lang, context.data_dir, context.cache_dir, context.muse_reverse_file)
+    x_to_en = load_dictionary(lang, "en", context.data_dir, context.cache_dir, context.muse_reverse_file)
     return pairs_from_dictionary(en_words, x_words, en_to_x, x_to_en, lowercase=context.dico_lowercase)
 
 

@@ -22,11 +22,27 @@ def resolve_device(settings: Settings) -> torch.device:
 
 
 def autocast(settings: Settings, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU (a speed choice: docs/protocol.md, precision); full precision on CPU by default."""
-    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    """The arithmetic of the model's forward and backward passes (docs/protocol.md, precision).
+
+    "tf32" (default): fp32 weights and activations with TF32 matmuls on CUDA, what the reference
+    computed (torch 1.10 enabled TF32 matmuls by default on its A40s); plain fp32 on CPU.
+    "fp32": full fp32 matmuls everywhere. "bf16": bf16 autocast, a speed choice of ours.
+    """
+    if settings.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if settings.precision == "tf32" and device.type == "cuda":
+        return _tf32_matmuls()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _tf32_matmuls() -> Iterator[None]:
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def seed_everything(seed: int) -> None:

@@ -13,7 +13,7 @@ A new task is one entry in `TASKS` built from a block (or from a new `Task` subc
 
 The paper's tasks:
 
-- `udpos`: UPOS tagging (17 tags), accuracy over words.
+- `udpos`: UPOS tagging (17 tags, and "_" for multiword-token lines as the reference), accuracy over words.
 - `wikiann`: NER with IOB2 tags (PER, ORG, LOC), entity-level F1 by seqeval in its default mode.
   The default mode is conlleval-compatible (an I- tag after O opens an entity); it is what the
   reference code got from HF `load_metric("seqeval")` with no `mode` argument, so it is kept here to
@@ -63,6 +63,10 @@ UPOS_TAGS: tuple[str, ...] = (
     "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",
     "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X",
 )
+# The reference read UD through the hub's universal_dependencies loader, which yields multiword-token
+# lines (UPOS "_") as words: its udpos head had 18 labels (datasets/dispatch_datasets.py).
+MULTIWORD_LABEL = "_"
+UD_LABELS: tuple[str, ...] = (*UPOS_TAGS, MULTIWORD_LABEL)
 WIKIANN_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 FEATURIZE_CHUNK = 1024  # examples tokenised per call (bounds the padded chunk's memory)
@@ -388,8 +392,29 @@ class SentenceClassification(Task):
 
 _SAME_SPLITS = ("train", "dev", TEST_SPLIT)
 
+
+def preprocess_ud(examples: list[dict], lang: str, settings: Settings) -> list[dict]:
+    """UD's `preprocess` hook: which CoNLL-U lines are words (setting `ud_multiword_tokens`).
+
+    "score" (default, the reference): every line, multiword-token ranges labelled "_" and empty
+    nodes included, as the hub's loader gave them (docs/protocol.md, UD multiword tokens);
+    "skip": the syntactic words only. The reader marks them ("syntactic", trainables.data.read_conllu).
+    """
+    keep_all = settings.ud_multiword_tokens == "score"
+    rewritten = []
+    for example in examples:
+        syntactic = example.get("syntactic")
+        if keep_all or syntactic is None:
+            rewritten.append({"words": example["words"], "labels": example["labels"]})
+            continue
+        rewritten.append({"words": [w for w, keep in zip(example["words"], syntactic) if keep],
+                          "labels": [t for t, keep in zip(example["labels"], syntactic) if keep]})
+    return rewritten
+
+
 TASKS: dict[str, Task] = {
-    "udpos": TokenTagging("udpos", UPOS_TAGS, accuracy, "accuracy", {split: "udpos" for split in _SAME_SPLITS}),
+    "udpos": TokenTagging("udpos", UD_LABELS, accuracy, "accuracy", {split: "udpos" for split in _SAME_SPLITS},
+                          preprocess=preprocess_ud),
     "wikiann": TokenTagging("wikiann", WIKIANN_TAGS, entity_f1, "f1", {split: "wikiann" for split in _SAME_SPLITS},
                             preprocess=preprocess_wikiann, postprocess=postprocess_predictions),
     # XNLI has no English training set: the paper trains and validates on MultiNLI (App. B).

@@ -108,7 +108,7 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
 # Every setting that changes featurised task data (the subset comes as its own argument). Training
 # settings stay out, so trials that differ only in them share their features.
 FEATURE_SETTINGS: tuple[str, ...] = ("task_max_length", "nli_max_length", "long_sentences", "keep_lone_prefix",
-                                     "ner_zh_words")
+                                     "ner_zh_words", "ud_multiword_tokens")
 
 
 def featurize_cached(
