@@ -11,15 +11,20 @@ AWESOME-style extraction, `before` and `joint` realignment, the three tasks, ali
 layer, two seeds. Runs in a few minutes on 2 CPUs without a GPU.
 """
 
-TOY = "~/.cache/alignment-sweep/toyworld-2000"  # generated and pre-trained once, reused afterwards
+from toyworld import toy_cache_folder
+
+# 600 steps: longer pre-training made the upper layers language-specific (es strong
+# alignment at the last layer 0.165 after 600 steps, 0.075 after 1,200); a 1,000-word
+# vocabulary splits most words, so cognates share their first subword with English.
+TOY_PARAMETERS = dict(n_train=2000, pretrain_steps=600, vocab_size=1000)
+# Generated and pre-trained once, reused afterwards: the folder is named by a content key of
+# the parameters, the toy world's code and the library versions, so a changed world is rebuilt.
+TOY = toy_cache_folder("~/.cache/alignment-sweep", **TOY_PARAMETERS)
 
 EXPERIMENT = dict(
     name="demo",
     description="tiny end-to-end run of the whole pipeline on generated data",
-    # 600 steps: longer pre-training made the upper layers language-specific (es strong
-    # alignment at the last layer 0.165 after 600 steps, 0.075 after 1,200); a 1,000-word
-    # vocabulary splits most words, so cognates share their first subword with English.
-    prepare=dict(call="toyworld:write_toy", out_dir=TOY, n_train=2000, pretrain_steps=600, vocab_size=1000),
+    prepare=dict(call="toyworld:write_toy", out_dir=TOY, **TOY_PARAMETERS),
     models={"toy-bert": dict(source=TOY + "/model", gpu=0.1, cpu=1)},
     settings=dict(
         data_dir=TOY + "/data",

@@ -7,6 +7,11 @@ the three pair sources and two corpora, for the three smaller models on POS and 
 (their `none` baselines are Experiment 1's trials and deduplicate into them); for NLI at 2 epochs
 with `dico` on OPUS-100, plus `none` baselines at 2 epochs for all four models.
 
+Corpora (§3.3, App. B.2): `opus100` = OPUS-100's train split (Helsinki-NLP/opus-100), `multiun` =
+the UN Parallel Corpus v1.0 (Ziemski et al. 2016; Helsinki-NLP/un_pc), each a seeded reservoir
+sample of `parallel_sample` = 1,000,000 sentence pairs a language, as the reference's
+realignment_with_multi_un.sh (OPUS-100's train splits hold at most 1M pairs: it comes whole).
+
 Count: 60 (exp. 1) + 3 models x 2 methods x 3 sources x 2 corpora x 5 seeds x 2 tasks (360)
 + NLI 3 x 2 x 5 (30) + NLI baselines 4 x 5 (20) = 470 trials; the 30 POS/NER baselines listed in
 experiment 2's grid are duplicates of experiment 1's.
@@ -21,7 +26,7 @@ SEEDS = [0, 1, 2, 3, 4]
 EXPERIMENT = dict(
     name="full_grid",
     description="Gaschi et al. 2023: experiment 1 (alignment vs CTL) and experiment 2 (realignment)",
-    settings=dict(langs=["ar", "es", "fr", "ru", "zh"], epochs=5),
+    settings=dict(langs=["ar", "es", "fr", "ru", "zh"], epochs=5, parallel_sample=1_000_000),
     grids=[
         # Experiment 1.
         dict(model=PAPER_MODELS, task=["udpos", "wikiann", "xnli"], realign=["none"],

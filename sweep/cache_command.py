@@ -3,7 +3,7 @@
 The cache is `<storage>/cache` (where the sweep puts it: `sweep.runner.CACHE_FOLDER`), or the folder
 `--cache-dir` names (a sweep whose `cache_dir` setting points elsewhere). Only files whose names the
 cache makes are listed by kind and ever deleted (`trainables.cache.CACHE_KINDS`); anything else is
-counted and left alone, and an entry whose lock a running trial holds is kept.
+counted and left alone, and a temporary file young enough to be a write in progress is kept.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sweep.cli import DEFAULT_STORAGE
-from trainables.cache import CACHE_KINDS, CacheFile, prune_cache, scan_cache
+from trainables.cache import CACHE_KINDS, TEMPORARY_GRACE_S, CacheFile, prune_cache, scan_cache
 
 CACHE_FOLDER = "cache"  # = sweep.runner.CACHE_FOLDER (not imported: that module imports Ray)
 SECONDS_PER_DAY = 86_400
@@ -46,7 +46,10 @@ def cache_folder(storage: str, cache_dir: str | None) -> Path:
     if cache_dir is not None:
         folder, option = Path(cache_dir).expanduser(), "--cache-dir"
     else:
-        root = Path(storage).expanduser()
+        if "://" in storage and not storage.startswith("file://"):
+            raise CacheCommandError(f"--storage {storage}: a sweep on that storage keeps its cache where its "
+                                    "cache_dir setting says (a folder every node mounts): pass it as --cache-dir")
+        root = Path(storage.removeprefix("file://")).expanduser()
         if root.exists() and not root.is_dir():
             raise CacheCommandError(f"--storage {root} is a file, not a results folder")
         folder, option = root / CACHE_FOLDER, f"--storage {root}"
@@ -107,7 +110,8 @@ def prune(folder: Path, older_than_days: float | None, dry_run: bool) -> list[st
         lines[1:1] = [f"  {f.path.relative_to(folder)}" for f in result.deleted]
     busy = {f.entry for f in result.busy}
     if busy:
-        lines.append(f"kept {len(busy)} entries whose lock is held (being computed): "
+        lines.append(f"kept {len(result.busy)} temporary file(s) younger than {TEMPORARY_GRACE_S // 3600} h "
+                     "(writes in progress) of: "
                      + ", ".join(str(e.relative_to(folder)) for e in sorted(busy)[:FOREIGN_SHOWN]))
     if result.foreign:
         lines.append(describe_foreign(result.foreign, folder, "left alone:"))

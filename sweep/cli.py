@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -54,9 +54,28 @@ def parse_only(pairs: Sequence[str]) -> dict[str, set[str]]:
     return only
 
 
-def check_storage(storage: str) -> Path:
-    """The results folder, made if absent; it must be a folder this process can write in."""
-    path = Path(storage).expanduser().resolve()
+def check_storage(storage: str) -> Any:
+    """The results folder, made if absent; it must be a folder this process can write in.
+
+    It is what Ray Tune takes as `storage_path`: a local or network path (a `Path` is returned;
+    `file://` URIs too), or a URI pyarrow opens (s3://, gs://, hdfs://, ...: a
+    `sweep.ledger.Location` is returned, once a probe file was written and deleted there)."""
+    from sweep.ledger import location  # the ledger reads and writes through pyarrow.fs
+
+    try:
+        where = location(storage)
+    except ValueError as error:
+        raise ExperimentError(f"--storage {error}") from None
+    if where.local is None:
+        probe = where / f".sweep-write-check-{os.getpid()}"
+        try:
+            where.mkdir()
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise ExperimentError(f"--storage {storage}: cannot write there ({' '.join(str(error).split())})") from None
+        return where
+    path = where.local
     if path.exists() and not path.is_dir():
         raise ExperimentError(f"--storage {storage}: {path} is a file, not a folder")
     try:
@@ -81,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a setting for every trial; repeatable")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--keep-models", action="store_true",
+                        help="save each fine-tuned model (safetensors and tokenizer) in its trial folder, model/; "
+                             "without it a finished trial keeps its metrics only")
     parser.add_argument("--no-live", action="store_true", help="plain Tune output instead of the live display")
     parser.add_argument("--log", action="store_true",
                         help="one plain line per event instead of the live display (the default when stdout is "
@@ -143,9 +165,10 @@ def run_prepare_hook(prepare: Any, where: str) -> None:
     target(**{k: v for k, v in prepare.items() if k != "call"})
 
 
-def print_trials(experiment: Experiment, console: Console, status: str | None = None) -> None:
+def print_trials(experiment: Experiment, console: Console, status: str | None = None,
+                 notes: Sequence[str] = ()) -> None:
     """The trial table; settings shared by every trial are printed once, above it; `status`
-    (what is done, to resume, new) just above the count."""
+    (what is done, to resume, new) and `notes` (the disk plan) just above the count."""
     common = set.intersection(*(set(t.settings) for t in experiment.trials))
     if common:
         console.print("settings of every trial: " + ", ".join(f"{k}={v}" for k, v in sorted(common)))
@@ -160,6 +183,8 @@ def print_trials(experiment: Experiment, console: Console, status: str | None = 
     console.print("GPU shares apply only where the cluster has GPUs; elsewhere trials ask for none.")
     if status:
         print(status)
+    for line in notes:
+        print(line)
     print(f"{len(experiment.trials)} trials")
 
 
@@ -167,6 +192,17 @@ def local_gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def dry_run_disk(experiment: Experiment, settings: Mapping[Any, Any], args: argparse.Namespace) -> list[str]:
+    """The checkpoint disk of the sweep at peak and at the end (sweep.disk): on the local Ray
+    (`--num-cpus` or every core, this machine's GPUs) or per concurrent trial on a cluster."""
+    from sweep.disk import disk_plan_lines
+
+    if args.address is not None:
+        return disk_plan_lines(experiment, settings, args.keep_models, cpus=None, gpus=0.0)
+    cpus = float(args.num_cpus or os.cpu_count() or 1)
+    return disk_plan_lines(experiment, settings, args.keep_models, cpus=cpus, gpus=float(local_gpu_count()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 experiment.n_grid_points, args.experiment).filtered(only)
         if not experiment.trials:
             raise ExperimentError(f"{args.experiment}: no trial left after --only {' --only '.join(args.only)}")
+        if args.keep_models:  # a run option: the trials' content keys stay the same
+            experiment = experiment.keeping_models()
         settings = trial_settings(experiment)  # every trial's settings, as its trainable builds them
         if args.report_every < 0:
             raise ExperimentError(f"--report-every {args.report_every}: expected a whole number >= 1 (0: off)")
@@ -190,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             run_dir = Path(args.storage).expanduser().resolve() / name
             plan = plan_trials(run_dir, experiment.keys().values())
-            print_trials(experiment, console, status=f"in {run_dir}: {plan.summary()}")
+            print_trials(experiment, console, status=f"in {run_dir}: {plan.summary()}",
+                         notes=dry_run_disk(experiment, settings, args))
             return 0
         storage = check_storage(args.storage)
         if raw.get("prepare"):

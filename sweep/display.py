@@ -3,9 +3,13 @@ for logs and CI (`--log`, or automatic when stdout is not a terminal).
 
 The live view has the counts (done, running, failed, pending), the elapsed time and the
 experiment's ETA, one row per running trial (model, task, method, seed, phase, step/total,
-loss, elapsed, ETA), and each failed trial's one-line reason with the path of its full log. ETAs
-come from the durations of finished trials (those of earlier runs of the experiment included),
-per (model, task, method) where one of that kind has finished, else over all of them.
+phase ETA, loss, elapsed, ETA), and each failed trial's one-line reason with the path of its
+full log. A trial's ETA comes from the durations of finished trials (those of earlier runs of the
+experiment included), per (model, task, method) where one of that kind has finished, else over
+all of them. A phase's ETA comes from its own rate: the steps (or units: sentence pairs, batches,
+sentences encoded) done since its first report, over the time they took. The phase shown is
+what the trial says it is working on where it says so ("pairs es 3/5" while it loads), else the
+phase's name.
 
 Tune sees the view through `ViewRelay`, a stateless Tune callback that forwards Tune's events to
 the view this driver process has open. Tune saves its callbacks with the experiment (`tuner.pkl`)
@@ -64,11 +68,19 @@ class RunningTrial:
     step: int | None = None
     total: int | None = None
     loss: float | None = None
+    part: str = ""  # what the phase is working on, e.g. "pairs es 3/5" ("": the phase as a whole)
+    # (time, step) of the current phase's first report with a step: the start of its own rate
+    phase_anchor: tuple[float, int] | None = field(default=None, repr=False)
+    reported_at: float | None = field(default=None, repr=False)  # time of the last report
     reported: bool = field(default=False, repr=False)
 
     @property
     def label(self) -> str:
         return f"{self.model} {self.task} {self.method} s{self.seed}"
+
+    @property
+    def shown_phase(self) -> str:
+        return self.part or self.phase
 
     @property
     def group(self) -> str:
@@ -185,14 +197,22 @@ class SweepProgress:
         phase = result.get("phase")
         if row is None or not phase or phase == "done":
             return
-        changed = phase != row.phase or not row.reported
-        row.phase, row.reported = str(phase), True
+        shown, part = row.shown_phase, str(result.get("part") or "")
         step, total = _number(result.get("step")), _number(result.get("total"))
-        row.step = int(step) if step is not None else None
-        row.total = int(total) if total else None
+        step_now, total_now = (int(step) if step is not None else None), (int(total) if total else None)
+        if total_now is None and (str(phase), part) == (row.phase, row.part):
+            total_now = row.total  # a checkpoint's report within the phase does not repeat its total
+        restart = (str(phase), part, total_now) != (row.phase, row.part, row.total)
+        if restart or step_now is None or (row.phase_anchor is not None and step_now < row.phase_anchor[1]):
+            row.phase_anchor = None  # another phase, part or unit count: a new rate
+        if row.phase_anchor is None and step_now is not None:
+            row.phase_anchor = (self.clock(), step_now)
+        changed = (part or str(phase)) != shown or not row.reported
+        row.phase, row.part, row.reported = str(phase), part, True
+        row.step, row.total, row.reported_at = step_now, total_now, self.clock()
         row.loss = _number(result.get("loss"))
         if changed:
-            self.emit("phase", f"{row.label}: {row.phase}")
+            self.emit("phase", f"{row.label}: {row.shown_phase}")
         self.refresh()
 
     def trial_completed(self, trial_id: str) -> None:
@@ -229,14 +249,22 @@ class SweepProgress:
         seconds = self.durations.get(group) or [s for group_times in self.durations.values() for s in group_times]
         return sum(seconds) / len(seconds) if seconds else None
 
+    def phase_eta(self, row: RunningTrial) -> float | None:
+        """The current phase's time left at its own rate (from its first report to its last),
+        counting down from its last report; None while it has no total or has not advanced."""
+        if not row.total or row.step is None or row.phase_anchor is None or row.reported_at is None:
+            return None
+        since, first_step = row.phase_anchor
+        if row.step <= first_step:
+            return None
+        left_at_report = (row.reported_at - since) * max(row.total - row.step, 0) / (row.step - first_step)
+        return max(left_at_report - (self.clock() - row.reported_at), 0.0)
+
     def trial_eta(self, row: RunningTrial) -> float | None:
         expected = self.expected_seconds(row.group)
-        elapsed = self.clock() - row.started
         if expected is not None:
-            return max(expected - elapsed, 0.0)
-        if row.total and row.step:  # nothing finished yet: this phase's own rate
-            return elapsed * (row.total - row.step) / row.step
-        return None
+            return max(expected - (self.clock() - row.started), 0.0)
+        return self.phase_eta(row)  # nothing finished yet: at least the phase's own
 
     @property
     def pending(self) -> int:
@@ -274,12 +302,14 @@ class SweepProgress:
         if self.running:
             rows = Table(title="running trials", show_header=True, header_style="bold")
             for column, justify in (("model", "left"), ("task", "left"), ("method", "left"), ("seed", "right"),
-                                    ("phase", "left"), ("step", "right"), ("loss", "right"), ("elapsed", "right"),
-                                    ("ETA", "right")):
+                                    ("phase", "left"), ("step", "right"), ("phase ETA", "right"), ("loss", "right"),
+                                    ("elapsed", "right"), ("ETA", "right")):
                 rows.add_column(column, justify=justify)
             for row in sorted(self.running.values(), key=lambda r: r.started):
                 step = "" if row.step is None else (f"{row.step}/{row.total}" if row.total else str(row.step))
-                rows.add_row(row.model, row.task, row.method, str(row.seed), row.phase, step,
+                phase_eta = self.phase_eta(row)
+                rows.add_row(row.model, row.task, row.method, str(row.seed), row.shown_phase, step,
+                             "" if phase_eta is None else format_duration(phase_eta),
                              "" if row.loss is None else f"{row.loss:.4f}",
                              format_duration(self.clock() - row.started), format_duration(self.trial_eta(row)))
             parts.append(rows)

@@ -24,7 +24,7 @@ import importlib.util
 import itertools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -67,6 +67,9 @@ class Trial:
     corpus: str
     seed: int
     settings: tuple[tuple[str, Any], ...]  # sorted (name, value) items overriding the defaults
+    # A run option (`--keep-models`: save the fine-tuned model), not a point of the sweep: it
+    # changes no number, so it is outside equality and the content key (trial_identity).
+    keep_models: bool = field(default=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -82,6 +85,7 @@ class Trial:
             "corpus": self.corpus,
             "seed": self.seed,
             "settings": dict(self.settings),
+            **({"keep_models": True} if self.keep_models else {}),
             **(extra or {}),
         }
 
@@ -130,6 +134,10 @@ class Experiment:
         wanted = {k: {v} if isinstance(v, str) else {str(x) for x in v} for k, v in only.items()}
         kept = tuple(t for t in self.trials if all(str(getattr(t, k)) in v for k, v in wanted.items()))
         return Experiment(self.name, self.description, self.models, kept, self.n_grid_points, self.source)
+
+    def keeping_models(self) -> "Experiment":
+        """The same trials, each saving its fine-tuned model in its folder (`--keep-models`)."""
+        return replace(self, trials=tuple(replace(trial, keep_models=True) for trial in self.trials))
 
     def keys(self) -> dict[Trial, str]:
         """Each trial's content key (`trial_key`), in trial order."""
@@ -332,12 +340,14 @@ def model_num_layers(source: str) -> int | None:
     or the hub when online); None when it cannot be read here (a missing folder is reported by
     the preflight checks)."""
     from trainables.data import is_offline
+    from trainables.model_files import pretrained_kwargs
     from trainables.models import model_family
 
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(source, local_files_only=is_offline() or os.path.isdir(source))
+        config = AutoConfig.from_pretrained(source, local_files_only=is_offline() or os.path.isdir(source),
+                                            **pretrained_kwargs(source))
         return model_family(config).num_layers(config)
     except Exception:  # unreadable, unreachable or no family: nothing to check against
         return None

@@ -4,13 +4,18 @@ Each problem is one line naming the setting, model or file; the sweep starts onl
 are none. Local model folders (and a local `awesome_model`) are checked by
 `trainables.model_files.check_model_folder` (config, fast tokenizer, weights covering the
 encoder), once per folder; local data files are read whole through their readers, once per file,
-so that a bad line fails here rather than in hundreds of trials. Nothing is cached on disk.
+so that a bad line fails here rather than in hundreds of trials. Hub model ids (and a hub
+`awesome_model`) are asked of the hub at their pinned revision when online
+(`trainables.model_files.hub_model_problems`): a typo is one line here, with "did you mean",
+instead of a failure inside every trial; offline they are skipped with a note. Nothing is cached
+on disk.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable
 
 from sweep.experiment import Experiment
 from trainables.settings import make_settings
@@ -39,15 +44,34 @@ def model_folder_problems(folders: dict[str, str]) -> list[str]:
     return problems
 
 
+def hub_problems(hub_models: dict[str, str], notes: IO[str] | None = None, api: object | None = None) -> list[str]:
+    """One line per hub model id (-> what names it) that the hub does not serve at its pinned
+    revision; when offline nothing is asked and a note says so on `notes` (stderr): the trials
+    then read the Hugging Face cache, and a model missing there fails in its trials."""
+    if not hub_models:
+        return []
+    from trainables.data import _offline_reason, is_offline
+    from trainables.model_files import hub_model_problems
+
+    if is_offline():
+        print(f"note: hub models not checked, {_offline_reason()}: {', '.join(sorted(hub_models))}",
+              file=notes if notes is not None else sys.stderr)
+        return []
+    return hub_model_problems(hub_models, api=api)
+
+
 def preflight_problems(experiment: Experiment) -> list[str]:
     from trainables.data import describe_missing, describe_unreadable
 
     problems: list[str] = []
     folders: dict[str, str] = {}  # local model folder -> the model or setting that names it
+    hub_models: dict[str, str] = {}  # hub model id -> the model or setting that names it
     for name in sorted({t.model for t in experiment.trials}):
         source = experiment.models[name].source
         if looks_like_local_path(source):
             folders.setdefault(source, f"model {name!r}")
+        else:
+            hub_models.setdefault(source, f"model {name!r}")
     needs: set[tuple] = set()
     for trial in experiment.trials:
         try:
@@ -59,8 +83,9 @@ def preflight_problems(experiment: Experiment) -> list[str]:
         needs.add(("parallel", trial.corpus, settings.langs, settings.data_dir))
         if trial.pairs == "dico":
             needs.add(("dictionary", "muse", settings.langs, settings.data_dir))
-        if trial.pairs == "awesome" and looks_like_local_path(settings.awesome_model):
-            folders.setdefault(settings.awesome_model, "setting awesome_model")
+        if trial.pairs == "awesome":
+            sources = folders if looks_like_local_path(settings.awesome_model) else hub_models
+            sources.setdefault(settings.awesome_model, "setting awesome_model")
     if any(trial.pairs == "fastalign" for trial in experiment.trials):
         from trainables.pairs import fastalign_backend
 
@@ -69,6 +94,7 @@ def preflight_problems(experiment: Experiment) -> list[str]:
         except ValueError as error:
             problems.append(_one_line(error))
     problems.extend(model_folder_problems(folders))
+    problems.extend(hub_problems(hub_models))
     already_read: set[Path] = set()  # a file several needs share is read once
     for kind, name, langs, data_dir in sorted(needs, key=str):
         problems.extend(describe_missing(kind, name, langs, data_dir))

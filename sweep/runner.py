@@ -1,10 +1,17 @@
 """Run an experiment with Ray Tune: start or join Ray, resume its unfinished trials, run its new
-ones as one more batch (see sweep.ledger for the experiment folder), report."""
+ones as one more batch (see sweep.ledger for the experiment folder), report.
+
+The storage is whatever Tune takes (`RunConfig(storage_path=..., storage_filesystem=...)`): a
+local or network path, or a URI pyarrow opens (s3://, gs://, ...). Since Ray 2.7 Tune no longer
+syncs trial folders to the head node, so on a cluster of several nodes a local path works only
+where every node sees the same folder (`check_shared_storage`), and the shared cache, which
+trials read as plain files, needs such a folder too (`cache_folder`).
+"""
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import socket
 import subprocess
 import urllib.request
@@ -28,16 +35,23 @@ from sweep.experiment import (
 from sweep.ledger import (
     RUN_MARKER,
     TUNE_STATE_GLOB,
+    Location,
     Plan,
+    Where,
     batch_names,
     finished_durations,
+    location,
     next_batch_name,
     plan_trials,
     read_marker,
+    remove_tree,
+    sees_marker,
     write_batch_record,
     write_current,
+    write_json,
 )
-from sweep.trainable import make_trainable, write_json
+from sweep.trainable import make_trainable
+from trainables.data import CACHE_DIR_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_FAILURES = 2  # retries of a failed trial from its last checkpoint
@@ -47,6 +61,18 @@ RUNTIME_ENV_EXCLUDES = [".git", ".venv", "results", "**/__pycache__", "*.pt", "*
 SYNC_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
 ADDRESS_TIMEOUT_S = 5.0  # a Ray head answers at once; ray.init itself would wait forever
 DEFAULT_RAY_PORT = 6379
+# Filesystem types (/proc/mounts) that other machines can mount too: a folder on one of them may be
+# shared by every node of a cluster (Tune's "NFS mounted to all machines" case).
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "glusterfs", "fuse.glusterfs", "ceph",
+    "fuse.ceph", "fuse.ceph-fuse", "beegfs", "wekafs", "panfs", "ocfs2", "gfs2", "afs", "fuse.s3fs",
+    "fuse.gcsfuse", "fuse.juicefs", "fuse.mountpoint-s3", "fuse.sshfs", "fuse.rclone",
+})
+MOUNTS_FILE = Path("/proc/mounts")
+SHARED_CHECK_TIMEOUT_S = 120.0  # a node sets up the job's runtime environment before its first task
+# Until the trial adapter (sweep.trainable) writes its records through pyarrow.fs, a storage that is
+# not a local or network-mounted path would get them beside each worker's working directory.
+TRIAL_RECORDS_ON_ANY_FILESYSTEM = False
 
 
 def git_commit() -> str:
@@ -61,7 +87,31 @@ def git_commit() -> str:
         return "unknown"
 
 
-def trial_configs(experiment: Experiment, storage: Path) -> list[dict[str, Any]]:
+def default_cache_dir(storage: Where) -> str | None:
+    """Where the shared cache goes when no trial's settings say: `<storage>/cache` for a local or
+    network-mounted storage; for another filesystem (s3://...), `$SWEEP_CACHE_DIR` if set on the
+    driver, else None: trials read the cache as plain files, which an object store is not."""
+    root = location(storage)
+    if root.local is not None:
+        return str(root.local / CACHE_FOLDER)
+    return os.environ.get(CACHE_DIR_ENV) or None
+
+
+def cache_folder(settings: Mapping[str, Any], storage: Where) -> str:
+    """A trial's cache folder: its `cache_dir` setting, else `default_cache_dir`; a one-line
+    `ExperimentError` when there is none or it is not a POSIX path."""
+    chosen = settings.get("cache_dir") or default_cache_dir(storage)
+    if not chosen:
+        raise ExperimentError(f"--storage {location(storage)}: the shared cache needs a folder every node can read "
+                              "and write as files (e.g. an NFS mount): --set cache_dir=/mnt/shared/sweep-cache, "
+                              f"or the environment variable {CACHE_DIR_ENV}")
+    if "://" in str(chosen):
+        raise ExperimentError(f"cache_dir {chosen}: the shared cache is read as plain files: give a path every "
+                              "node mounts (e.g. /mnt/shared/sweep-cache), not a URI")
+    return str(chosen)
+
+
+def trial_configs(experiment: Experiment, storage: Where) -> list[dict[str, Any]]:
     """The Ray config of each trial: its axes, settings, resources, content key (what identifies
     it across runs, sweep.experiment.trial_key) and the code's commit."""
     commit = git_commit()
@@ -74,7 +124,7 @@ def trial_configs(experiment: Experiment, storage: Path) -> list[dict[str, Any]]
             "git_commit": commit,
             "experiment": experiment.name,
         })
-        config["settings"].setdefault("cache_dir", str(storage / CACHE_FOLDER))
+        config["settings"]["cache_dir"] = cache_folder(config["settings"], storage)
         configs.append(config)
     return configs
 
@@ -85,6 +135,7 @@ class ClusterInfo:
     max_node_gpus: float
     max_node_cpus: float
     dashboard_url: str | None
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # ray.nodes() of the alive nodes
 
 
 def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
@@ -123,14 +174,18 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
         # The dashboard (ray[default], a dependency) serves on loopback only: a sweep's dashboard
         # can stop jobs and read their logs; other machines reach it through an SSH tunnel.
         # include_dashboard=None rather than True: a minimal Ray still runs, without a dashboard.
-        context = ray.init(num_cpus=num_cpus, include_dashboard=None, dashboard_host="127.0.0.1",
-                           log_to_driver=False)
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        # address="local": always a new Ray of our own; without it, ray.init joins the latest
+        # cluster already running on this machine (another user's sweep, a test cluster).
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=None,
+                           dashboard_host="127.0.0.1", log_to_driver=False)
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [n["Resources"] for n in alive]
     return ClusterInfo(
         total_gpus=float(ray.cluster_resources().get("GPU", 0)),
         max_node_gpus=max((float(n.get("GPU", 0)) for n in nodes), default=0.0),
         max_node_cpus=max((float(n.get("CPU", 0)) for n in nodes), default=0.0),
         dashboard_url=(getattr(context, "dashboard_url", None) or None) if context is not None else None,
+        nodes=alive,
     )
 
 
@@ -178,6 +233,82 @@ def check_resources(experiment: Experiment, cluster: ClusterInfo) -> None:
         raise ExperimentError(problems[0])
 
 
+# --- storage every node shares -------------------------------------------------------------------
+
+
+def mount_type(path: Path, mounts_file: Path = MOUNTS_FILE) -> str | None:
+    """The type of the filesystem `path` is on: that of the longest mount point above it in
+    /proc/mounts (None where that file cannot be read)."""
+    try:
+        lines = mounts_file.read_text().splitlines()
+    except OSError:
+        return None
+    target = Path(path).resolve().as_posix()
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])  # "\040" is a space
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def nodes_not_seeing(folder: Path, nodes: list[dict[str, Any]], timeout: float = SHARED_CHECK_TIMEOUT_S) -> list[str]:
+    """The nodes (their addresses) that do not see a marker file the driver writes in `folder`:
+    one task pinned to each node looks for it. Nodes of one host (a local test cluster) see it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    marker = folder / f".sweep-shared-check-{token}"
+    marker.write_text(token)
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(sees_marker)
+        asked = {f"{node.get('NodeManagerAddress', '?')} ({str(node['NodeID'])[:8]})": probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(marker), token)
+            for node in nodes}
+        ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=timeout)
+        answered = set(ready)
+        return [name for name, ref in asked.items() if ref not in answered or not ray.get(ref)]
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def check_shared_storage(folders: Mapping[str, Path], nodes: list[dict[str, Any]],
+                         mounts_file: Path = MOUNTS_FILE) -> None:
+    """On a cluster of several nodes, refuse a local folder (the run folder, the shared cache)
+    that not every node sees: Tune (since 2.7) keeps checkpoints only in the storage, so a trial
+    moved to another node would not find its checkpoint, and the cache would be one per node.
+    A folder on a network filesystem passes at once; another passes if every node sees a marker
+    file the driver writes there (nodes on one host do). `folders`: what names each, for the
+    message ("--storage ...", "cache_dir ...")."""
+    if len(nodes) < 2:
+        return
+    for label, folder in folders.items():
+        kind = mount_type(folder, mounts_file)
+        if kind in NETWORK_FILESYSTEMS or (kind or "").startswith("nfs"):
+            continue
+        missing = nodes_not_seeing(folder, nodes)
+        if missing:
+            fix = ("use an NFS path every node mounts, or s3:// or gs:// (any URI pyarrow opens)"
+                   if label.startswith("--storage") else
+                   "set cache_dir to a folder every node mounts (NFS), e.g. --set cache_dir=/mnt/nfs/sweep-cache")
+            raise ExperimentError(f"{label}: {folder} is on this machine's {kind or 'local'} filesystem and "
+                                  f"{len(missing)} of the cluster's {len(nodes)} nodes do not see it "
+                                  f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): {fix}")
+
+
+def tune_storage(folder: Path | Location) -> dict[str, Any]:
+    """`RunConfig`'s storage arguments for a batch's parent folder: a local path as it is, another
+    filesystem as its pyarrow filesystem and the path on it (Tune's `storage_filesystem`)."""
+    if isinstance(folder, Path):
+        return {"storage_path": str(folder)}
+    return {"storage_path": folder.path, "storage_filesystem": folder.fs}
+
+
 # --- the run folder ------------------------------------------------------------------------------
 
 
@@ -199,13 +330,14 @@ def other_experiment(marker: dict[str, Any], experiment: Experiment) -> str | No
     return None
 
 
-def prepare_run_folder(run_dir: Path, experiment: Experiment, fresh: bool) -> bool:
+def prepare_run_folder(run_dir: Where, experiment: Experiment, fresh: bool) -> bool:
     """Check (and with `fresh`, delete) the experiment folder; True when it holds batches already.
 
     `--fresh` deletes only a folder whose marker says it is a run of this experiment: a wrong
     `--name` or `--storage` must never cost another run's (or anything else's) files."""
+    run_dir = location(run_dir)
     marker = read_marker(run_dir)
-    occupied = run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+    occupied = run_dir.exists() and (not run_dir.is_dir() or bool(run_dir.iterdir()))
     if occupied and marker is None:
         raise ExperimentError(f"{run_dir} exists and is not a run folder of this engine (no {RUN_MARKER}); "
                               f"nothing was {'deleted' if fresh else 'changed'}: choose another --name or --storage")
@@ -213,12 +345,12 @@ def prepare_run_folder(run_dir: Path, experiment: Experiment, fresh: bool) -> bo
         raise ExperimentError(f"{run_dir} is a run of experiment {other}; nothing was "
                               f"{'deleted' if fresh else 'changed'}: choose another --name")
     if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    elif marker is not None and any(run_dir.glob(TUNE_STATE_GLOB)):
+        remove_tree(run_dir)
+    elif marker is not None and run_dir.glob(TUNE_STATE_GLOB):
         raise ExperimentError(f"{run_dir} holds one Tune run of an earlier version of this engine (no batches); "
                               f"nothing was changed: `python -m analysis {run_dir}` reads it; run this experiment "
                               "with another --name (or --fresh to discard it)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir()
     if read_marker(run_dir) is None:
         write_json(run_dir / RUN_MARKER, run_marker(experiment))
     return bool(batch_names(run_dir))
@@ -229,7 +361,7 @@ class SweepResults:
     """One driver run of an experiment: the plan it followed (done, to resume, new) and Tune's
     results of the trials it ran (iterating gives those `tune.Result`s)."""
 
-    run_dir: Path
+    run_dir: Path | Location  # a Location where the storage is not a local or network-mounted path
     plan: Plan
     grids: list[tune.ResultGrid] = field(default_factory=list)
     ran: frozenset[str] = frozenset()  # content keys of the trials this run had to run
@@ -267,7 +399,7 @@ def result_key(result: Any) -> str | None:
 
 def run_sweep(
     experiment: Experiment,
-    storage: Path,
+    storage: Where,
     name: str,
     address: str | None = None,
     fresh: bool = False,
@@ -281,10 +413,14 @@ def run_sweep(
     as plain lines) instead of Tune's output; `on_finished(n)` after each of this run's trials
     finishes, n counting them."""
     check_run_name(name)
-    storage = storage.resolve()
-    run_dir = storage / name
+    root = location(storage)
+    if root.local is None and not TRIAL_RECORDS_ON_ANY_FILESYSTEM:
+        raise ExperimentError(f"--storage {root}: the trials write their records (sweep-final.json, ...) as local "
+                              f"files, which {root.fs.type_name} storage is not yet open to: use a path every node "
+                              "mounts (NFS)")
+    run_dir: Path | Location = root.local / name if root.local is not None else root / name
+    configs = {config["key"]: config for config in trial_configs(experiment, root)}  # a cache error: before any write
     prepare_run_folder(run_dir, experiment, fresh)
-    configs = {config["key"]: config for config in trial_configs(experiment, storage)}
     plan = plan_trials(run_dir, configs)
     print(f"{name}: {len(configs)} trials: {plan.summary()}", flush=True)
     new_batch = next_batch_name(run_dir) if plan.new else None
@@ -299,6 +435,10 @@ def run_sweep(
     if note:
         print(note, flush=True)
     check_resources(experiment, cluster)
+    shared = {f"--storage {root}": run_dir} if isinstance(run_dir, Path) else {}
+    shared.update({f"cache_dir {folder}": Path(folder)
+                   for folder in sorted({c["settings"]["cache_dir"] for c in configs.values()})})
+    check_shared_storage(shared, cluster.nodes)
     gpus = cluster.total_gpus > 0
     driver_run = uuid.uuid4().hex  # one id per driver run: a deterministic failure is not retried within it
     mode = ("log" if log else "live") if live else "quiet"
@@ -321,7 +461,9 @@ def run_sweep(
             print(f"resuming {run_dir / batch} (its finished trials are kept; errored and unfinished ones continue)",
                   flush=True)
             # The restored RunConfig brings back its ViewRelay, which reports to this driver's view.
-            tuner = tune.Tuner.restore(str(run_dir / batch), resume_errored=True,
+            saved = tune_storage(run_dir / batch)  # the batch's own folder, where Tune saved its state
+            tuner = tune.Tuner.restore(saved["storage_path"], storage_filesystem=saved.get("storage_filesystem"),
+                                       resume_errored=True,
                                        trainable=make_trainable(gpus, run_dir / batch, driver_run, wanted=configs))
             outcome.grids.append(tuner.fit())
         if new_batch is not None:
@@ -336,7 +478,7 @@ def run_sweep(
                                             reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=new_batch,
-                    storage_path=str(run_dir),
+                    **tune_storage(run_dir),
                     failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
                     callbacks=[ViewRelay()],

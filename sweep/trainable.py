@@ -20,6 +20,11 @@ its experiment state, which a killed driver never does:
   input) tries again;
 - `sweep-skipped.json`: the trial was not started because its experiment no longer has it (a
   restored batch brings back every trial it saved; see sweep.ledger).
+
+Disk: a finished trial's last checkpoint is its small final state (`trainables.trial.final_state`),
+so Tune, keeping only the newest checkpoint, deletes the weights and optimizer state. With
+`--keep-models` (the trial config's `keep_models`) the fine-tuned model is saved in the trial
+folder, `model/` (safetensors and the tokenizer, loadable with `from_pretrained`).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from trainables.cache import atomic_save
 from trainables.errors import is_deterministic
 
 STATE_FILE = "state.pt"
+MODEL_FOLDER = "model"  # --keep-models: the fine-tuned model, in the trial folder
 STARTS_FILE = "sweep-starts.txt"
 FAILURE_FILE = "sweep-failure.json"
 TUNE_ERROR_FILE = "error.txt"  # Tune's: the traceback of every failure of the trial
@@ -110,10 +116,12 @@ def report_to_tune(metrics: Mapping[str, Any], state: Mapping[str, Any] | None =
 
 
 def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: str,
-                      wanted: AbstractSet[str] | None = None) -> None:
+                      wanted: AbstractSet[str] | Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """One trial in a Tune worker; `trial_dir` is its folder in the run, `driver_run` names the
     driver run that scheduled it (a deterministic failure is not retried within one); `wanted`,
-    when given, are the content keys the experiment has now: any other trial stops unstarted."""
+    when given, are the content keys the experiment has now: any other trial stops unstarted.
+    Given as this driver run's trial configs by key, their run options (`keep_models`) apply to
+    a trial restored from an earlier run too: they are not part of its identity."""
     trial_dir = Path(trial_dir)
     final = read_json(trial_dir / FINAL_FILE)
     if isinstance(final, dict):
@@ -136,6 +144,8 @@ def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: st
     from trainables.trial import run_trial
 
     trial_config = dict(config["trial"])
+    if keeps_model(trial_config, wanted):
+        trial_config["model_dir"] = str(trial_dir / MODEL_FOLDER)
     cpus = trial_config.get("resources", {}).get("CPU")
     if cpus:  # one trial per CPU share: don't let torch oversubscribe the node's cores
         torch.set_num_threads(max(1, int(cpus)))
@@ -158,6 +168,14 @@ def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: st
         raise
     finally:  # the worker process runs the next trial: don't let it hold this one's peak memory
         return_freed_memory()
+
+
+def keeps_model(trial_config: Mapping[str, Any],
+                wanted: AbstractSet[str] | Mapping[str, Mapping[str, Any]] | None) -> bool:
+    """Whether the trial saves its fine-tuned model: this driver run's choice when it gave its
+    configs, else the one the trial was scheduled with (a restored batch keeps its first configs)."""
+    current = wanted.get(trial_config.get("key")) if isinstance(wanted, Mapping) else None
+    return bool((current if current is not None else trial_config).get("keep_models", False))
 
 
 def _crashing_after(n_checkpoints: int, report: Callable[..., None]) -> Callable[..., None]:
@@ -189,12 +207,15 @@ def trial_resources(gpus_available: bool) -> Callable[[Mapping[str, Any]], tune.
 
 
 def make_trainable(gpus_available: bool, run_dir: Path, driver_run: str,
-                   wanted: AbstractSet[str] | None = None) -> Any:
+                   wanted: AbstractSet[str] | Mapping[str, Mapping[str, Any]] | None = None) -> Any:
     """The trainable of one driver run. Each trial's folder is `run_dir/<trial name>` (the runner
     names folders after trials; `run_dir` is the batch's Tune run); the storage must be shared by
     every node, as Tune requires for its checkpoints. `wanted`: see `run_trial_in_tune`."""
     run_dir_text = str(run_dir)
-    wanted = frozenset(wanted) if wanted is not None else None
+    if isinstance(wanted, Mapping):  # only the run options travel to the workers, not whole configs
+        wanted = {key: {"keep_models": bool(c.get("keep_models", False))} for key, c in wanted.items()}
+    elif wanted is not None:
+        wanted = frozenset(wanted)
 
     def sweep_trial(config: Mapping[str, Any]) -> None:
         run_trial_in_tune(config, Path(run_dir_text) / tune.get_context().get_trial_name(), driver_run, wanted)

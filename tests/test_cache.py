@@ -253,19 +253,19 @@ def test_names_the_writers_make_are_the_cache_s_own(tmp_path):
     download.write_bytes(b"x")
     scan = scan_cache(cache)
     assert scan.foreign == []
-    assert sorted({(f.kind, f.role) for f in scan.files}) == [("downloads", "entry"), ("pairs", "entry"),
-                                                              ("pairs", "lock")]
+    assert sorted({(f.kind, f.role) for f in scan.files}) == [("downloads", "entry"), ("pairs", "entry")]  # no locks
 
 
 def make_cache(root: Path) -> dict[str, Path]:
-    """A cache with old and new entries, a leftover temporary, an orphan lock and foreign files."""
+    """A cache with old and new entries, a lock file an earlier version left, an old temporary of a
+    killed writer, a young one (a write in progress) and foreign files."""
     files = {
         "old": root / "features" / "udpos-test-en-0123456789abcdef.pt",
         "old_lock": root / "features" / "udpos-test-en-0123456789abcdef.pt.lock",
+        "writing": root / "features" / ".udpos-test-es-00112233445566bb.tmp-7-cafebabe.pt",
         "new": root / "pairs" / "ntrex-en-es-all-dico-fedcba9876543210.parquet",
         "old_tmp": root / "alignment" / ".pretrained-00112233445566aa.tmp-123-deadbeef.parquet",
         "old_download": root / "data" / "muse" / "en-es-v1.parquet",
-        "busy": root / "alignment" / "pretrained-aabbccddeeff0011.parquet",
         "foreign_root": root / "notes.txt",
         "foreign_kind": root / "features" / "my-model.pt",  # no key in its name
         "foreign_folder": root / "benchmarks-toy" / "model.safetensors",
@@ -274,46 +274,87 @@ def make_cache(root: Path) -> dict[str, Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"0123456789")
     old = time.time() - 10 * DAY
-    for name in ("old", "old_lock", "old_tmp", "old_download", "busy", "foreign_root", "foreign_kind"):
+    for name in ("old", "old_lock", "old_tmp", "old_download", "foreign_root", "foreign_kind"):
         os.utime(files[name], (old, old))
     return files
 
 
-HOLD_LOCK = """
-import sys, time
-from filelock import FileLock
-lock = FileLock(sys.argv[1])
-lock.acquire()
-print("held", flush=True)
-sys.stdin.readline()
-"""
-
-
-def test_prune_deletes_only_old_own_unlocked_files(tmp_path):
+def test_prune_deletes_only_old_own_files_and_never_a_write_in_progress(tmp_path):
     files = make_cache(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(files["busy"]) + ".lock"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        dry = prune_cache(tmp_path, 1 * DAY, dry_run=True)
-        assert all(path.exists() for path in files.values())
-        result = prune_cache(tmp_path, 1 * DAY)
-        assert sorted(f.path for f in result.deleted) == sorted(f.path for f in dry.deleted)
-        gone = {"old", "old_lock", "old_tmp", "old_download"}
-        assert {f.path for f in result.deleted} == {files[name] for name in gone}
-        assert {name for name, path in files.items() if not path.exists()} == gone
-        assert {f.entry for f in result.busy} == {files["busy"]}
-        assert set(result.foreign) == {files[n] for n in ("foreign_root", "foreign_kind", "foreign_folder")}
-        everything = prune_cache(tmp_path, None)
-        assert files["busy"].exists() and not files["new"].exists()
-        assert all(files[n].exists() for n in ("foreign_root", "foreign_kind", "foreign_folder"))
-        assert {f.path for f in everything.deleted} == {files["new"]}
-    finally:
-        holder.communicate("\n", timeout=30)
-    prune_cache(tmp_path, None)  # the lock is free now
-    assert not files["busy"].exists() and not Path(str(files["busy"]) + ".lock").exists()
+    dry = prune_cache(tmp_path, 1 * DAY, dry_run=True)
+    assert all(path.exists() for path in files.values())
+    result = prune_cache(tmp_path, 1 * DAY)
+    assert sorted(f.path for f in result.deleted) == sorted(f.path for f in dry.deleted)
+    gone = {"old", "old_lock", "old_tmp", "old_download"}
+    assert {f.path for f in result.deleted} == {files[name] for name in gone}
+    assert {name for name, path in files.items() if not path.exists()} == gone
+    assert {f.path for f in result.busy} == {files["writing"]}
+    assert set(result.foreign) == {files[n] for n in ("foreign_root", "foreign_kind", "foreign_folder")}
+    everything = prune_cache(tmp_path, None)
+    assert files["writing"].exists() and not files["new"].exists()  # --all too keeps a young temporary
+    assert all(files[n].exists() for n in ("foreign_root", "foreign_kind", "foreign_folder"))
+    assert {f.path for f in everything.deleted} == {files["new"]}
+    stale = time.time() - cache_module.TEMPORARY_GRACE_S - 60  # its writer died hours ago
+    os.utime(files["writing"], (stale, stale))
+    assert {f.path for f in prune_cache(tmp_path, None).deleted} == {files["writing"]}
     assert not (tmp_path / "data").exists()  # emptied cache folders go too; foreign ones stay
     assert (tmp_path / "benchmarks-toy").is_dir()
+
+
+# --- publishing without locks ----------------------------------------------------------------------
+
+
+def write_text(value: str, path: Path) -> None:
+    path.write_text(value)
+
+
+def test_first_writer_wins_and_a_second_writer_changes_nothing(tmp_path):
+    target = tmp_path / "features" / "x-0123456789abcdef.pt"
+    assert cache_module.atomic_save("first", target, write_text, overwrite=False) is True
+    assert cache_module.atomic_save("second", target, write_text, overwrite=False) is False
+    assert target.read_text() == "first"
+    assert cache_module.atomic_save("third", target, write_text) is True and target.read_text() == "third"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary, no lock
+
+
+def test_a_trial_that_loses_the_race_uses_the_winner_s_value(tmp_path):
+    target = tmp_path / "entry.txt"
+    computed: list[str] = []
+
+    def compute_while_another_publishes() -> str:
+        computed.append("mine")
+        cache_module.atomic_save("theirs", target, write_text, overwrite=False)  # the other trial finished first
+        return "mine"
+
+    assert cache_module.cached(target, compute_while_another_publishes, write_text, Path.read_text) == "theirs"
+    assert computed == ["mine"] and target.read_text() == "theirs"
+    assert cache_module.cached(target, lambda: pytest.fail("a hit computes nothing"), write_text,
+                               Path.read_text) == "theirs"
+
+
+def test_publishing_where_hard_links_are_not_supported(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")  # e.g. an SMB mount
+
+    monkeypatch.setattr(cache_module.os, "link", no_links)
+    target = tmp_path / "entry.txt"
+    assert cache_module.atomic_save("first", target, write_text, overwrite=False) is True
+    assert cache_module.atomic_save("second", target, write_text, overwrite=False) is False
+    assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["entry.txt"]
+
+
+def test_an_entry_pruned_between_the_check_and_the_read_is_computed_again(tmp_path):
+    target = tmp_path / "entry.txt"
+    target.write_text("old")
+
+    def vanished(path: Path) -> str:
+        if path.read_text() == "old":
+            path.unlink()  # a prune --all got there first
+            raise FileNotFoundError(path)
+        return path.read_text()
+
+    assert cache_module.cached(target, lambda: "recomputed", write_text, vanished) == "recomputed"
+    assert target.read_text() == "recomputed"
 
 
 def run_command(args: list[str], capsys) -> tuple[int, str, str]:
@@ -327,22 +368,24 @@ def test_cache_command_lists_prunes_and_reports_bad_folders(tmp_path, capsys):
     code, out, _ = run_command(["list", "--storage", str(tmp_path / "results")], capsys)
     assert code == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
-    assert rows["features"][1:3] == ["1", "2"] and rows["alignment"][1:3] == ["1", "2"]
-    assert rows["total"][1:3] == ["4", "6"] and "not listed: 3 file(s)" in out
+    assert rows["features"][1:3] == ["1", "3"] and rows["alignment"][1:3] == ["0", "1"]
+    assert rows["total"][1:3] == ["3", "6"] and "not listed: 3 file(s)" in out
 
     code, out, _ = run_command(["prune", "--cache-dir", str(tmp_path / "results" / "cache"), "--older-than", "1",
                                 "--dry-run"], capsys)
-    assert code == 0 and out.startswith("would delete 3 entries (5 files") and files["old"].exists()
+    assert code == 0 and out.startswith("would delete 2 entries (4 files") and files["old"].exists()
     assert "features/udpos-test-en-0123456789abcdef.pt" in out and "left alone: 3 file(s)" in out
-    code, out, _ = run_command(["prune", "--storage", str(tmp_path / "results"), "--all"], capsys)
-    assert code == 0 and out.startswith("deleted 4 entries (6 files")
-    assert files["foreign_kind"].exists() and not files["new"].exists()
+    code, out, _ = run_command(["prune", "--storage", f"file://{tmp_path / 'results'}", "--all"], capsys)
+    assert code == 0 and out.startswith("deleted 3 entries (5 files")
+    assert "kept 1 temporary file(s) younger than 6 h (writes in progress) of: features/udpos-test-es-" in out
+    assert files["foreign_kind"].exists() and files["writing"].exists() and not files["new"].exists()
 
     (tmp_path / "file").write_text("x")
     for args, message in ((["list", "--storage", str(tmp_path / "nowhere")], "no cache at"),
                           (["list", "--storage", str(tmp_path / "file")], "is a file, not a results folder"),
                           (["list", "--cache-dir", str(tmp_path / "file")], "is a file, not a folder"),
-                          (["prune", "--storage", str(tmp_path / "results"), "--older-than", "-1"], "days >= 0")):
+                          (["prune", "--storage", str(tmp_path / "results"), "--older-than", "-1"], "days >= 0"),
+                          (["list", "--storage", "s3://bucket/results"], "pass it as --cache-dir")):
         code, out, err = run_command(args, capsys)
         assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, args
 

@@ -280,17 +280,19 @@ def test_hub_labels_are_the_declared_names_and_must_be_the_tasks(tmp_path, monke
         load_task_split("xnli", "test", "es", data_dir=tmp_path, cache_dir=tmp_path / "b")
 
 
-def test_first_subset_streams_only_what_it_needs(tmp_path, monkeypatch):
-    seen_limits = []
+def test_hub_corpus_is_streamed_and_reservoir_sampled(tmp_path, monkeypatch):
+    streamed = []
 
-    def fake_hub(dataset_id, config, split, limit):
-        seen_limits.append((config, limit))
-        return [{"translation": {"en": f"e{i}", "ar": f"a{i}"}} for i in range(limit)]
+    def fake_stream(dataset_id, lang):
+        streamed.append((dataset_id, lang))
+        return ((f"e{i}", f"a{i}") for i in range(50))
 
-    monkeypatch.setattr(data, "_hub_rows", fake_hub)
-    pairs = load_parallel("multiun", "ar", data_dir=tmp_path, cache_dir=tmp_path / "c", subset=Subset(3))
-    assert pairs == [("e0", "a0"), ("e1", "a1"), ("e2", "a2")]
-    assert seen_limits == [("ar-en", 3)]
+    monkeypatch.setattr(data, "_stream_hub_parallel", fake_stream)
+    whole = load_parallel("multiun", "ar", data_dir=tmp_path, cache_dir=tmp_path / "c", sample=100)
+    assert whole == [(f"e{i}", f"a{i}") for i in range(50)]  # a corpus smaller than the sample: whole, in order
+    sampled = load_parallel("multiun", "ar", data_dir=tmp_path, cache_dir=tmp_path / "c2", sample=10)
+    assert len(sampled) == 10 and set(sampled) <= set(whole) and sampled != whole[:10]
+    assert streamed == [("Helsinki-NLP/un_pc", "ar")] * 2
 
 
 def test_unknown_names_suggest_close_ones():
@@ -497,7 +499,7 @@ print(existed, value)
 """
 
 
-def test_concurrent_processes_compute_once(tmp_path):
+def test_concurrent_processes_agree_on_the_first_writers_value(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(CONCURRENT_SCRIPT)
     target, log = tmp_path / "cache" / "result.txt", tmp_path / "log.txt"
@@ -513,7 +515,9 @@ def test_concurrent_processes_compute_once(tmp_path):
     outputs = [worker.communicate(timeout=60)[0].split() for worker in workers]
     assert all(worker.returncode == 0 for worker in workers)
     assert outputs == [["False", "value"], ["False", "value"]]  # both missed the file at first
-    assert log.read_text() == "computed\n"
+    # No lock (NFS may ignore them): two simultaneous misses may both compute; the first writer's
+    # file stays and both return its value.
+    assert log.read_text() in ("computed\n", "computed\ncomputed\n")
     assert target.read_text() == "value"
     assert not [p.name for p in target.parent.iterdir() if ".tmp-" in p.name]
 

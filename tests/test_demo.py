@@ -1,6 +1,7 @@
 """The README's main job end to end: experiments/demo.py through the CLI, then the analysis files."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,10 @@ DEMO_TIMEOUT_S = 900
 
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     done = subprocess.run([sys.executable, "-m", "sweep", "experiments/demo.py", "--storage", str(tmp_path),
-                           "--no-live"], cwd=ROOT, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+                           "--no-live"], cwd=ROOT, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,
+                          # a Ray of its own: ray.init() without an address joins a cluster already
+                          # running on the machine (Ray 2.x reads /tmp/ray/ray_current_cluster)
+                          env={**os.environ, "RAY_ADDRESS": "local"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "22 trials finished, 0 failed" in done.stdout
     out = tmp_path / "demo" / "analysis"

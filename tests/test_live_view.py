@@ -73,10 +73,64 @@ def test_frame_has_one_row_per_running_trial_and_hand_worked_etas():
     assert view.trial_eta(view.running["a"]) == pytest.approx(80.0)
     assert view.trial_eta(view.running["b"]) == pytest.approx(50.0)
     assert view.remaining_seconds() == pytest.approx(175.0)
-    assert rows[2] == ["model", "task", "method", "seed", "phase", "step", "loss", "elapsed", "ETA"]
-    assert rows[3] == ["e5-small", "udpos", "joint", "1", "finetune", "50/200", "0.6123", "0:40", "1:20"]
-    assert rows[4] == ["e5-small", "wikiann", "none", "0", "pretrained", "0", "", "0:10", "0:50"]
+    assert rows[2] == ["model", "task", "method", "seed", "phase", "step", "phase ETA", "loss", "elapsed", "ETA"]
+    # a's phase has one report: no rate of its own yet
+    assert rows[3] == ["e5-small", "udpos", "joint", "1", "finetune", "50/200", "", "0.6123", "0:40", "1:20"]
+    assert rows[4] == ["e5-small", "wikiann", "none", "0", "pretrained", "0", "", "", "0:10", "0:50"]
     assert len(rows) == 5
+
+
+def test_rows_of_pair_extraction_and_alignment_measurement_show_units_and_their_own_eta():
+    clock = Clock()
+    out = io.StringIO()
+    view = SweepProgress(total=3, mode="log", log=out, clock=clock)  # nothing finished: no group durations
+    relay = ViewRelay()
+    pairs = FakeTrial("p", "RUNNING", "k1", realign="none")
+    measuring = FakeTrial("m", "RUNNING", "k2", task="wikiann")
+    tuning = FakeTrial("f", "RUNNING", "k3", task="xnli", realign="before")
+    trials = [pairs, measuring, tuning]
+
+    def result(trial, **row):
+        relay.on_trial_result(iteration=1, trials=trials, trial=trial, result={"loss": float("nan"), **row})
+
+    with view:
+        for trial in trials:
+            relay.on_trial_start(iteration=1, trials=trials, trial=trial)
+        clock.now += 2  # 1002
+        result(tuning, phase="finetune", step=25, total=100, loss=0.5)
+        clock.now += 8  # 1010
+        result(pairs, phase="load", part="pairs es 3/5", step=0, total=0)  # the language, before its units
+        result(measuring, phase="measure-finetuned", step=0, total=1456)
+        clock.now += 2  # 1012
+        result(pairs, phase="load", part="pairs es 3/5", step=0, total=50000)
+        clock.now += 10  # 1022: an epoch's checkpoint report within the phase carries no total
+        result(tuning, phase="finetune", step=50, epoch=1)
+        clock.now += 20  # 1042
+        result(pairs, phase="load", part="pairs es 3/5", step=12000, total=50000)
+        result(measuring, phase="measure-finetuned", step=640, total=1456)
+        text = view.render_text(width=140)
+        rows = table_rows(text)
+        # pairs: 12000 units in the 30 s since its units were first counted, 38000 left: 95 s;
+        # measuring: 640 sentences in 32 s, 816 left: 40.8 s; fine-tuning: 25 steps in 20 s, 50 left:
+        # 40 s at its report 20 s ago, 20 s now. Nothing has finished: each trial's ETA is its phase's.
+        assert view.phase_eta(view.running["p"]) == pytest.approx(95.0)
+        assert view.phase_eta(view.running["m"]) == pytest.approx(40.8)
+        assert view.phase_eta(view.running["f"]) == pytest.approx(20.0)
+        assert rows[3] == ["e5-small", "udpos", "none", "0", "pairs es 3/5", "12000/50000", "1:35", "", "0:42", "1:35"]
+        assert rows[4] == ["e5-small", "wikiann", "joint", "0", "measure-finetuned", "640/1456", "0:40", "", "0:42",
+                           "0:40"]
+        assert rows[5] == ["e5-small", "xnli", "before", "0", "finetune", "50/100", "0:20", "", "0:42", "0:20"]
+        clock.now += 3  # 1045: the next language starts its own rate
+        result(pairs, phase="load", part="pairs es 4/5", step=0, total=0)
+        assert view.phase_eta(view.running["p"]) is None
+        assert table_rows(view.render_text(width=140))[3][4:7] == ["pairs es 4/5", "0", ""]
+    phases = [line for line in out.getvalue().splitlines() if " phase " in line]
+    assert phases == [  # one line when what a trial is doing changes, not for each of its reports
+        "[0:02] phase  e5-small xnli before s0: finetune",
+        "[0:10] phase  e5-small udpos none s0: pairs es 3/5",
+        "[0:10] phase  e5-small wikiann joint s0: measure-finetuned",
+        "[0:45] phase  e5-small udpos none s0: pairs es 4/5",
+    ]
 
 
 def test_log_mode_prints_one_line_per_event_and_counts_across_batches(tmp_path):

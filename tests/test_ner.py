@@ -15,7 +15,7 @@ from trainables.data import Subset, read_token_tsv
 from trainables.ner import ner_post_processing, postprocess_predictions, preprocess_wikiann, words_from_characters
 from trainables.segmentation import segment
 from trainables.settings import Settings
-from trainables.tasks import TASKS, WIKIANN_TAGS, entity_f1
+from trainables.tasks import preprocess_ud, TASKS, WIKIANN_TAGS, entity_f1
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ZH_TEST = SHARED_DATA / "wikiann" / "test-zh.tsv"
@@ -109,11 +109,11 @@ def test_evaluate_applies_the_task_hook_only(monkeypatch):
     assert finetuning.evaluate(None, None, "udpos", [], Settings()) == pytest.approx(2 / 3)
 
 
-def test_only_wikiann_has_hooks():
+def test_the_hooks_of_each_task():
     assert TASKS["wikiann"].preprocess is preprocess_wikiann
     assert TASKS["wikiann"].postprocess is postprocess_predictions
-    for name in ("udpos", "xnli"):
-        assert TASKS[name].preprocess is None and TASKS[name].postprocess is None
+    assert TASKS["udpos"].preprocess is preprocess_ud and TASKS["udpos"].postprocess is None  # multiword lines
+    assert TASKS["xnli"].preprocess is None and TASKS["xnli"].postprocess is None
 
 
 # --------------------------------------------------------------------------------------------

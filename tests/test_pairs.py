@@ -277,7 +277,7 @@ def test_fastalign_without_either_way_fails_in_one_line_naming_both(tmp_path, mo
         assert "\n" not in message and "'fastalign'" in message
         assert "pip install systran-align" in message and "fast_align and atools programs" in message
     # the other pair sources do not need fast_align
-    assert set(PairContext(data_dir=str(tmp_path)).cache_parts("dico", "es")) == {"lowercase", "dictionary", "muse"}
+    assert set(PairContext(data_dir=str(tmp_path)).cache_parts("dico", "es")) == {"lowercase", "reverse_file", "dictionary", "muse"}
     assert len(pairs_from_dictionary([["red"]], [["rojo"]], {"red": frozenset({"rojo"})},
                                      {"rojo": frozenset({"red"})})) == 1
 
@@ -378,6 +378,7 @@ def test_dico_pairs_follow_the_dictionary_files_content_and_rule(tmp_path):
     write_tiny_corpus(data, "red rojo\n")
 
     def words(**context):
+        context = {"muse_reverse_file": "x-en", **context}  # es-en.txt is read as itself
         corpus = extract_pairs("tiny", "es", "dico", data_dir=data, cache_dir=cache, context=PairContext(**context))
         return sorted(zip(corpus.pairs["src_word"], corpus.pairs["tgt_word"]))
 
@@ -393,3 +394,93 @@ def test_dico_pairs_follow_the_dictionary_files_content_and_rule(tmp_path):
 def test_unknown_pair_source_suggests():
     with pytest.raises(ValueError, match="did you mean 'fastalign'"):
         get_pair_source("fast_align")
+
+
+# --- corpora at the paper's size: reservoir sample, chunked extraction ---------------------------
+
+
+def write_numbered_corpus(data: Path, name: str, n: int) -> None:
+    folder = data / "parallel" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "en-es.en").write_text("".join(f"line {i}\n" for i in range(n)), encoding="utf-8")
+    (folder / "en-es.es").write_text("".join(f"linea {i}\n" for i in range(n)), encoding="utf-8")
+
+
+def test_reservoir_sample_is_seeded_bounded_and_uniform(tmp_path):
+    write_numbered_corpus(tmp_path, "big", 1000)
+
+    def sample(n, seed):
+        return load_parallel("big", "es", tmp_path, tmp_path / "cache", sample=n, seed=seed)
+
+    first = sample(100, 7)
+    assert len(first) == 100 and first == sample(100, 7) and first != sample(100, 8)
+    assert all(en == f"line {x.split()[1]}" for en, x in first)  # pairs stay together
+    assert len({en for en, _ in first}) == 100
+    # A corpus no larger than the sample comes whole, in its own order (OPUS-100 at 1M).
+    assert sample(1000, 3) == sample(None, 0) == [(f"line {i}", f"linea {i}") for i in range(1000)]
+    # Uniform: over 300 seeds, each tenth of the corpus holds about a tenth of the sampled lines.
+    counts = np.zeros(10)
+    for seed in range(300):
+        lines = [int(en.split()[1]) for en, _ in sample(50, seed)]
+        counts += np.bincount(np.array(lines) // 100, minlength=10)
+    expected = 300 * 50 / 10
+    assert np.all(np.abs(counts - expected) < 0.1 * expected), counts
+    assert ((counts - expected) ** 2 / expected).sum() < 27.9  # chi-square, 9 dof, p = 0.001
+
+
+def test_reservoir_sample_holds_only_the_sample():
+    from trainables.data import reservoir_sample
+
+    def stream():
+        for i in range(10_000):
+            yield i
+            assert held[0] <= 5  # the generator runs inside the sampler: never more than n held
+
+    held = [0]
+    taken = reservoir_sample(stream(), 5, 0)
+    held[0] = len(taken)
+    assert len(taken) == 5 and len(set(taken)) == 5 and max(taken) > 5
+
+
+def test_local_corpus_errors_name_the_file_and_line(tmp_path):
+    from trainables.data import DataSourceError
+
+    write_numbered_corpus(tmp_path, "bad", 3)
+    (tmp_path / "parallel" / "bad" / "en-es.es").write_bytes(b"uno\ndos \xff\n")
+    with pytest.raises(DataSourceError, match=r"en-es\.es:2: not UTF-8"):
+        load_parallel("bad", "es", tmp_path, tmp_path / "cache")
+    (tmp_path / "parallel" / "bad" / "en-es.es").write_text("uno\ndos\n", encoding="utf-8")
+    with pytest.raises(DataSourceError, match=r"en-es\.en has 3 lines but .*en-es\.es has 2"):
+        load_parallel("bad", "es", tmp_path, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("source", ["dico", "fastalign"])
+def test_chunked_extraction_gives_the_pairs_of_one_pass_on_ntrex(tmp_path, source):
+    subset = Subset(400)
+    calls = []
+    whole = extract_pairs("ntrex", "fr", source, data_dir=SHARED_DATA, cache_dir=tmp_path / "a", subset=subset,
+                          chunk_size=100_000)
+    chunked = extract_pairs("ntrex", "fr", source, data_dir=SHARED_DATA, cache_dir=tmp_path / "b", subset=subset,
+                            chunk_size=37, on_progress=lambda done, total: calls.append((done, total)))
+    assert len(whole.pairs) > 300
+    pd.testing.assert_frame_equal(chunked.pairs, whole.pairs)
+    assert chunked.en_words == whole.en_words and chunked.x_words == whole.x_words
+    # The same as the list-based source on the same words (the registry's function, in one pass).
+    en_words, x_words = list(whole.en_words), list(whole.x_words)
+    direct = PAIR_SOURCES[source](en_words, x_words, "fr", PairContext(data_dir=SHARED_DATA))
+    pd.testing.assert_frame_equal(chunked.pairs, direct)
+    assert_valid_pairs(chunked.pairs, en_words, x_words)
+    phases = 3 if source == "fastalign" else 2  # segmentation, (fast_align's training,) pairs
+    assert calls and calls[-1] == (phases * 400, phases * 400)
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+
+
+def test_word_lists_behave_like_lists():
+    from trainables.pairs import WordLists
+
+    words = [["a", "b"], [], ["c"]]
+    lists = WordLists(words)
+    assert len(lists) == 3 and lists[0] == ["a", "b"] and lists[-1] == ["c"] and lists[1:] == [[], ["c"]]
+    assert list(lists) == words and lists == words and lists != [["a"]]
+    with pytest.raises(IndexError, match="sentence 3 out of range"):
+        lists[3]

@@ -42,3 +42,14 @@ def test_segment_corpus_and_registry():
     assert set(SEGMENTERS) >= {"regex", "jieba"}
     with pytest.raises(ValueError, match="did you mean 'jieba'"):
         get_segmenter("jeiba")
+
+
+def test_chunked_segmentation_equals_one_pass_on_ntrex():
+    from trainables.pairs import segment_chunked
+
+    en = (SHARED_DATA / "parallel" / "ntrex" / "en-zh.en").read_text(encoding="utf-8").splitlines()[:300]
+    zh = (SHARED_DATA / "parallel" / "ntrex" / "en-zh.zh").read_text(encoding="utf-8").splitlines()[:300]
+    done = []
+    en_words, zh_words = segment_chunked(list(zip(en, zh)), "zh", chunk=64, progress=done.append)
+    assert list(en_words) == segment_corpus(en, "en") and list(zh_words) == segment_corpus(zh, "zh")
+    assert done == [64, 64, 64, 64, 44]

@@ -416,3 +416,16 @@ def test_cli_writes_data_and_model(tmp_path: Path) -> None:
     data, model = result.stdout.split()
     assert Path(data) == tmp_path / "toy" / "data" and (Path(data) / "ud/en_ewt-ud-train.conllu").is_file()
     assert Path(model) == tmp_path / "toy" / "model" and (Path(model) / "tokenizer.json").is_file()
+
+
+def test_cache_folder_is_keyed_by_every_parameter_and_the_code(monkeypatch) -> None:
+    base = toy.toy_key(n_train=2000, pretrain_steps=600)
+    assert toy.toy_key(pretrain_steps=600, n_train=2000, seed=0) == base  # defaults filled in, order ignored
+    assert toy.toy_key(n_train=2000, pretrain_steps=601) != base
+    assert toy.toy_key(n_train=2001, pretrain_steps=600) != base
+    assert toy.toy_key(n_train=2000, pretrain_steps=600, vocab_size=999) != base
+    monkeypatch.setattr(toy, "code_fingerprint", lambda: "edited")  # any change of the toy world's code
+    assert toy.toy_key(n_train=2000, pretrain_steps=600) != base
+    assert toy.toy_cache_folder("~/c/", n_train=2000).startswith("~/c/toyworld-")
+    with pytest.raises(ValueError, match="pretrain_stpes"):
+        toy.toy_key(pretrain_stpes=3)

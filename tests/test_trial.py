@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas.testing
 import pytest
 
 from trainables.trial import run_trial
@@ -83,3 +84,92 @@ def test_before_realignment_raises_strong_alignment_at_the_realigned_layer(e5_sm
         before = final["align"]["pretrained"]["strong"][direction]["ar"][layer]
         after = final["align"]["realigned"]["strong"][direction]["ar"][layer]
         assert after > before + 0.05, (direction, before, after)
+
+
+def test_progress_is_rate_limited_but_news_is_sent_at_once():
+    from trainables.trial import ThrottledProgress
+
+    now = [0.0]
+    sent = []
+    units = ThrottledProgress(lambda *row: sent.append(row), every=5.0, clock=lambda: now[0])
+    units("load", "pairs es 1/2", 0, 0)        # t=0: first report
+    units("load", "pairs es 1/2", 0, 400)      # t=0: the total is news
+    now[0] = 2.0
+    units("load", "pairs es 1/2", 100, 400)    # 2 s after the last: held back
+    now[0] = 5.5
+    units("load", "pairs es 1/2", 300, 400)    # 5.5 s: sent
+    units("load", "pairs es 2/2", 0, 0)        # the next language is news
+    now[0] = 20.0
+    units("load", "pairs es 2/2", 0, 0)        # nothing new to say, however long since
+    on_progress = units.phase("measure-pretrained")
+    on_progress(0, 64)                         # another phase is news
+    now[0] = 21.0
+    on_progress(64, 64)                        # 1 s after: held back (the next phase's report follows)
+    assert sent == [("load", "pairs es 1/2", 0, 0), ("load", "pairs es 1/2", 0, 400),
+                    ("load", "pairs es 1/2", 300, 400), ("load", "pairs es 2/2", 0, 0),
+                    ("measure-pretrained", "", 0, 64)]
+
+
+def toy_trial_config(toy_assets, cache, realign="none", **overrides):
+    data, model = toy_assets
+    settings = dict(data_dir=str(data), cache_dir=str(cache), langs=["es", "zh"], epochs=1, batch_size=16,
+                    micro_batch_size=8, learning_rate=1e-3, align_pairs=100, num_threads=1)
+    settings.update(overrides)
+    return dict(model="toy", model_source=str(model), task="udpos", realign=realign, pairs="dico", corpus="toy",
+                seed=0, settings=settings)
+
+
+def test_measure_alignment_reports_sentences_encoded_up_to_the_total(toy_assets, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from trainables.alignment import measure_alignment
+    from trainables.pairs import PairContext, extract_pairs
+    from trainables.settings import make_settings
+
+    data, model_dir = toy_assets
+    settings = make_settings(dict(data_dir=str(data), cache_dir=str(tmp_path), langs=["es", "zh"], align_pairs=60,
+                                  align_batch_size=8))
+    context = PairContext.from_settings(settings)
+    corpora = {lang: extract_pairs("toy", lang, "dico", context=context) for lang in settings.langs}
+    tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir)
+    calls = []
+    table, used = measure_alignment(model, tokenizer, corpora, settings, return_pairs=True,
+                                    on_progress=lambda done, total: calls.append((done, total)))
+    # every sampled pair has a vector in the toy world, so the sentences of the pairs used are
+    # those sampled; each is encoded once per side, `align_batch_size` at a time
+    per_lang = used.groupby("lang")["sentence"].nunique()
+    total = 2 * int(per_lang.sum())
+    assert set(used["lang"]) == {"es", "zh"} and total > 2 * 8
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert all(t == total for _, t in calls)
+    steps = [b - a for (a, _), (b, _) in zip(calls, calls[1:])]
+    assert all(0 < step <= 8 for step in steps)
+    batches = sum(-(-int(n) // 8) for n in per_lang) * 2  # ceil(sentences / batch) per side
+    assert len(steps) == batches
+    plain = measure_alignment(model, tokenizer, corpora, settings)
+    pandas.testing.assert_frame_equal(plain, table)  # following progress changes nothing measured
+
+
+def test_long_phases_report_units_done_of_a_known_total(toy_assets, tmp_path, monkeypatch):
+    import trainables.trial as trial
+
+    monkeypatch.setattr(trial, "PROGRESS_REPORT_SECONDS", 1e9)  # only news is reported: no timing in the test
+    reports = []
+    config = toy_trial_config(toy_assets, tmp_path, "before", realign_steps=4, realign_batch_size=8)
+    final = run_trial(config, None, lambda metrics, state: reports.append(dict(metrics)))
+    assert set(final["align"]) == {"pretrained", "realigned", "finetuned"}
+    counted = {}
+    for row in reports:
+        assert {"phase", "step", "total", "part"} <= set(row)
+        if row["total"]:
+            counted.setdefault(row["phase"], []).append((row["part"], row["step"], row["total"]))
+    # pair extraction: each language's sentence pairs, counted by the pair source (its first
+    # count is news, whenever it comes; the toy corpus is done before a second one)
+    assert [part for part, _, _ in counted["load"]] == ["pairs es 1/2", "pairs zh 2/2"]
+    assert all(0 < step == total for _, step, total in counted["load"])
+    parts = [row["part"] for row in reports if row["phase"] == "load"]
+    assert parts[:2] == ["", "pairs es 1/2"]  # the language is shown before its units are counted
+    # measurement: sentences encoded, 0 of a known total first (later counts are no news)
+    for phase in ("measure-pretrained", "measure-realigned", "measure-finetuned"):
+        assert len(counted[phase]) == 1 and counted[phase][0][:2] == ("", 0) and counted[phase][0][2] > 0, phase
+    assert counted["measure-pretrained"][0][2] == counted["measure-finetuned"][0][2]  # the same sample

@@ -302,6 +302,7 @@ def word_vectors_all_layers(
     word_index: torch.Tensor,
     settings: Settings,
     return_present: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Vectors of the words `word_index[i] = (sentence, word)` at every layer: (L+1, N, H) fp32.
 
@@ -310,6 +311,7 @@ def word_vectors_all_layers(
     pooled by `settings.align_pooling`. A word truncated away by `align_max_length` (None: the
     tokenizer's limit) gets a zero vector; with `return_present=True` the (N,) bool mask of
     words that have a vector is returned too. Result on the model's device.
+    `on_batch(n)`, if given, is called after each forward pass with the number of sentences it encoded.
     """
     word_index = _checked_index(sentences, word_index)
     max_length = resolve_max_length(tokenizer, settings.align_max_length)
@@ -334,6 +336,8 @@ def word_vectors_all_layers(
                 vectors = hidden.new_zeros(hidden.shape[0], n_words, hidden.shape[-1])
             vectors[:, wanted.to(device)] = words[:, rows.to(device), cols.to(device)]
             present[wanted] = encoded.word_mask[rows, cols]
+            if on_batch is not None:
+                on_batch(len(batch_sentences))
     assert vectors is not None  # n_words > 0, so at least one batch ran
     return (vectors, present.to(device)) if return_present else vectors
 
@@ -429,6 +433,7 @@ def measure_alignment(
     n_pairs: int | None = None,
     seed: int | None = None,
     return_pairs: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Alignment of `model` on each language's `AlignedCorpus`: tidy rows of RESULT_COLUMNS.
 
@@ -436,14 +441,18 @@ def measure_alignment(
     serves every language. The sample follows `settings.align_sampling` and holds measurable
     pairs only (see the module's note on the length limit). With `return_pairs=True`, also
     returns the pairs actually used (DUMP_COLUMNS), in search order, e.g. for `--dump-pairs`.
+
+    `on_progress(done, total)`, if given, follows the encoding, the long part: sentences encoded
+    so far of all languages' sampled sentences, both sides (0 of total once every language is
+    sampled, after each forward pass, and total of total at the end).
     """
     n_pairs = settings.align_pairs if n_pairs is None else n_pairs
     seed = settings.align_seed if seed is None else seed
     max_length = resolve_max_length(tokenizer, settings.align_max_length)
-    rows: list[dict[str, Any]] = []
-    used: list[pd.DataFrame] = []
+    samples: dict[str, pd.DataFrame] = {}
     for lang, corpus in corpora.items():
-        sample = sample_pairs(
+        # every language sampled first (tokenisation only), so that the encoding's total is known
+        samples[lang] = sample = sample_pairs(
             corpus.pairs, n_pairs, seed, settings.align_sampling,
             measurable=lambda candidates, corpus=corpus: measurable_pairs(tokenizer, corpus, candidates, settings),
         )
@@ -451,15 +460,31 @@ def measure_alignment(
             raise ValueError(
                 f"language {lang}: only {len(sample)} measurable word pair(s) (align_max_length={max_length})"
             )
+    # each side encodes the sample's distinct sentences once (word_vectors_all_layers)
+    total = sum(2 * int(sample["sentence"].nunique()) for sample in samples.values())
+    encoded = 0
+
+    def count_batch(n_sentences: int) -> None:
+        nonlocal encoded
+        encoded += n_sentences
+        if on_progress is not None:
+            on_progress(encoded, total)
+
+    if on_progress is not None:
+        on_progress(0, total)
+    rows: list[dict[str, Any]] = []
+    used: list[pd.DataFrame] = []
+    for lang, corpus in corpora.items():
+        sample = samples[lang]
         sentence = torch.tensor(sample["sentence"].to_numpy(), dtype=torch.long)
         src_index = torch.stack([sentence, torch.tensor(sample["src_index"].to_numpy(), dtype=torch.long)], 1)
         tgt_index = torch.stack([sentence, torch.tensor(sample["tgt_index"].to_numpy(), dtype=torch.long)], 1)
         src, src_present = word_vectors_all_layers(
-            model, tokenizer, corpus.en_words, src_index, settings, return_present=True
+            model, tokenizer, corpus.en_words, src_index, settings, return_present=True, on_batch=count_batch
         )
         with input_language(model, lang):  # a model with language maps (realign="linear") maps these
             tgt, tgt_present = word_vectors_all_layers(
-                model, tokenizer, corpus.x_words, tgt_index, settings, return_present=True
+                model, tokenizer, corpus.x_words, tgt_index, settings, return_present=True, on_batch=count_batch
             )
         keep = src_present & tgt_present
         kept = int(keep.sum())
@@ -617,7 +642,10 @@ def _load_quietly(tokenizer_class: Any, model_class: Any, name: str) -> tuple[An
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        return tokenizer_class.from_pretrained(name), model_class.from_pretrained(name)
+        from trainables.model_files import pretrained_kwargs  # a hub id at its pinned revision
+
+        return (tokenizer_class.from_pretrained(name, **pretrained_kwargs(name)),
+                model_class.from_pretrained(name, **pretrained_kwargs(name)))
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

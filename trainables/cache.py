@@ -1,17 +1,21 @@
-"""A disk cache that concurrent Ray trials can share.
+"""A disk cache that concurrent Ray trials, on one machine or on several, can share.
 
 Several trials of a sweep need the same expensive intermediate results (downloaded data sets,
-segmented corpora, word pairs). `cached` computes such a result once: the first process to take
-the file lock computes and writes it, the others wait on the lock and then read the file. Files
-are written to a temporary name in the same directory and moved into place with `os.replace`,
-so a reader never sees a half-written file, even if the writer is killed.
+segmented corpora, word pairs). `cached` computes such a result and publishes it under a name
+made from its content key, with no file lock (many NFS mounts ignore locks, and a lock held by a
+node that died is never released): the value is written to a temporary name in the same
+directory and then linked into place, which succeeds only if no file has that name yet. So the
+first writer wins, a second writer's copy is discarded without touching the published file, and
+a reader never sees a half-written file, even if the writer is killed. Two trials that miss the
+same entry at the same time both compute it (the work is done twice, once in vain); the loser
+then reads the winner's file, so every trial uses the same stored value.
 
 Keys are made from content, not paths: `file_fingerprint` hashes files' bytes and
 `model_fingerprint` a model folder's config, tokenizer and weight files, so a data file or model
 changed in place gets a new key instead of a stale value. A hit refreshes the file's modification
 time, which is therefore its last use: `scan_cache` and `prune_cache` (the `python -m sweep cache`
 command) list and delete by it, and touch only files whose names the cache itself makes
-(`CACHE_KINDS`), never one whose lock a process holds.
+(`CACHE_KINDS`), never a temporary young enough to be a write in progress.
 """
 from __future__ import annotations
 
@@ -29,12 +33,14 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from filelock import FileLock, Timeout
 
 T = TypeVar("T")
 
 CACHE_KEY_LENGTH = 16  # hex digits of sha256: 64 bits, collisions negligible for a cache
-LOCK_SUFFIX = ".lock"
+LOCK_SUFFIX = ".lock"  # lock files of earlier versions of this cache: still its own, pruned with their entry
+# A temporary younger than this may be a write in progress (a large model's alignment or a
+# tokenised corpus takes minutes to save on a slow network disk): pruning leaves it alone.
+TEMPORARY_GRACE_S = 6 * 3600
 
 
 def cache_key(**parts: Any) -> str:
@@ -52,17 +58,47 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
-def atomic_save(value: T, path: Path, save: Callable[[T, Path], None]) -> None:
-    """Write `value` with `save` to a temporary sibling of `path`, then move it into place."""
+def atomic_save(value: T, path: Path, save: Callable[[T, Path], None], overwrite: bool = True) -> bool:
+    """Write `value` with `save` to a temporary sibling of `path`, then move it into place.
+
+    `overwrite=False` publishes only if `path` does not exist yet (first writer wins) and returns
+    whether this call's file is the one in place. A target that is not a local path but has its
+    own `atomic_save(value, save)` (a folder on another filesystem, `sweep.ledger.Location`)
+    writes itself."""
+    if not isinstance(path, (str, os.PathLike)) and hasattr(path, "atomic_save"):
+        return path.atomic_save(value, save)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
         save(value, tmp)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+            return True
+        return _publish_once(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _publish_once(tmp: Path, path: Path) -> bool:
+    """Give the complete file `tmp` the name `path` unless a file has it already.
+
+    link(2) is atomic and never replaces an existing name, also on NFS (where rename(2) would
+    silently replace a file another node published). On NFS v2/v3 a retransmitted link can answer
+    "exists" for a link that succeeded: the caller then reads the file, its own, which is harmless.
+    Filesystems without hard links (some SMB and FUSE mounts) get a rename after a check: two
+    writers racing there may both rename, the last one's complete file stays, equal in content."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
 
 
 def cached(
@@ -71,23 +107,28 @@ def cached(
     save: Callable[[T, Path], None],
     load: Callable[[Path], T],
 ) -> T:
-    """Load `path` if it exists; else compute, save atomically and return the value.
+    """Load `path` if it exists; else compute, publish atomically and return the value.
 
-    Safe with several processes: the computation runs under a file lock (`path` + ".lock")
-    and the file is checked again once the lock is held, so only the first process computes.
-    A failure in `compute` or `save` leaves no file, so the next call computes again. A hit
-    refreshes the file's modification time: the cache's last-use record, used by pruning.
+    Safe with several processes on several nodes, without locks: the value is published under
+    `path` only if no other process published it first (`atomic_save(..., overwrite=False)`).
+    Two processes that miss at the same time both compute; the one that loses the race returns
+    the winner's stored value. A failure in `compute` or `save` leaves no file, so the next call
+    computes again. A hit refreshes the file's modification time: the cache's last-use record,
+    used by pruning; an entry pruned between the check and the read is computed again.
     """
     path = Path(path)
     if path.exists():
-        return _load_and_mark_used(path, load)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + LOCK_SUFFIX):
-        if path.exists():  # another process computed it while we waited for the lock
+        try:
             return _load_and_mark_used(path, load)
-        value = compute()
-        atomic_save(value, path, save)
-    return value
+        except FileNotFoundError:  # pruned meanwhile
+            pass
+    value = compute()
+    if atomic_save(value, path, save, overwrite=False):
+        return value
+    try:  # another process published first: use its value, as every later reader will
+        return _load_and_mark_used(path, load)
+    except FileNotFoundError:
+        return value
 
 
 def _load_and_mark_used(path: Path, load: Callable[[Path], T]) -> T:
@@ -192,8 +233,8 @@ class CacheKind:
     names: re.Pattern[str]  # full match on the path relative to `folder`
 
 
-# Pruning deletes only names that match here (the writers' formats; tests check they agree), their
-# locks (name + LOCK_SUFFIX) and temporaries left by a killed writer (`temporary_sibling`).
+# Pruning deletes only names that match here (the writers' formats; tests check they agree), lock
+# files earlier versions left (name + LOCK_SUFFIX) and temporaries left by a killed writer (`temporary_sibling`).
 CACHE_KINDS: tuple[CacheKind, ...] = (
     CacheKind("pairs", "pairs", re.compile(rf"[^/]+-{_KEY}\.parquet")),  # pairs.extract_pairs
     CacheKind("features", "features", re.compile(rf"[^/]+-{_KEY}\.pt")),  # trial.featurize_cached
@@ -207,7 +248,7 @@ _TEMPORARY = re.compile(r"\.(?P<stem>.+)\.tmp-\d+-[0-9a-f]{8}(?P<suffix>\.[^./]+
 class CacheFile:
     path: Path
     kind: str  # a CacheKind label
-    role: str  # "entry", "lock" or "temporary"
+    role: str  # "entry", "lock" (left by an earlier version) or "temporary"
     entry: Path  # the entry it belongs to (itself for an entry)
     size: int
     last_use: float  # seconds since the epoch: the later of modification and access times
@@ -259,56 +300,44 @@ def scan_cache(root: str | Path) -> CacheScan:
 @dataclass
 class PruneResult:
     deleted: list[CacheFile] = field(default_factory=list)
-    busy: list[CacheFile] = field(default_factory=list)  # their entry's lock is held: kept
+    busy: list[CacheFile] = field(default_factory=list)  # temporaries young enough to be writes in progress: kept
     foreign: list[Path] = field(default_factory=list)
 
 
 def prune_cache(root: str | Path, older_than_s: float | None = None, dry_run: bool = False) -> PruneResult:
     """Delete the cache's entries last used more than `older_than_s` seconds ago (None: all).
 
-    An entry goes with its lock and the temporaries of killed writers, all while holding its
-    lock: a process computing it holds that lock, so its files are kept (`busy`). Temporaries
-    and locks of a kept entry stay unless old themselves. Files the cache did not make are
-    never touched (`foreign`).
+    An entry goes with its leftovers (lock files of earlier versions, temporaries of killed
+    writers). A temporary younger than `TEMPORARY_GRACE_S` is never deleted, even with None: it
+    may be a write in progress, whose publication would fail without it (`busy`). Leftovers of a
+    kept entry stay unless old themselves. Files the cache did not make are never touched
+    (`foreign`). A process reading an entry while it is deleted keeps its open file (POSIX), and
+    `cached` computes an entry again if it vanished between its check and its read.
     """
     root = Path(root)
     scan = scan_cache(root)
     result = PruneResult(foreign=scan.foreign)
-    cutoff = None if older_than_s is None else time.time() - older_than_s
+    now = time.time()
+    cutoff = None if older_than_s is None else now - older_than_s
+    writing_since = now - TEMPORARY_GRACE_S
     by_entry: dict[Path, list[CacheFile]] = {}
     for item in scan.files:
         by_entry.setdefault(item.entry, []).append(item)
     for entry, items in sorted(by_entry.items()):
+        in_progress = [i for i in items if i.role == "temporary" and i.last_use >= writing_since]
+        result.busy.extend(in_progress)
         stored = [i for i in items if i.role == "entry"]
         if cutoff is None or (stored and stored[0].last_use < cutoff):
-            doomed = items
+            doomed = [i for i in items if i not in in_progress]
         else:  # the entry is in recent use, or absent: only old leftovers go
-            doomed = [i for i in items if i.role != "entry" and i.last_use < cutoff]
+            doomed = [i for i in items if i.role != "entry" and i.last_use < cutoff and i not in in_progress]
         if not doomed:
             continue
-        lock_path = Path(str(entry) + LOCK_SUFFIX)
-        had_lock_file = lock_path.exists()
-        if dry_run and not had_lock_file:  # nobody can hold a lock that has no file
-            result.deleted.extend(doomed)
-            continue
-        lock = FileLock(str(lock_path), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            result.busy.extend(items)
-            continue
-        try:
-            if not dry_run:
-                for item in doomed:
-                    if item.role != "lock":
-                        item.path.unlink(missing_ok=True)
-                if not had_lock_file or any(i.role == "lock" for i in doomed):
-                    lock_path.unlink(missing_ok=True)
-        finally:
-            lock.release()
-        result.deleted.extend(doomed)
         if not dry_run:
+            for item in doomed:
+                item.path.unlink(missing_ok=True)
             _remove_empty_parents(entry.parent, root)
+        result.deleted.extend(doomed)
     return result
 
 

@@ -31,7 +31,7 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from trainables.cache import (
     cached,
@@ -71,7 +71,35 @@ WIKIANN_HUB = "unimelb-nlp/wikiann"
 MNLI_HUB = "nyu-mll/multi_nli"
 XNLI_HUB = "facebook/xnli"
 OPUS100_HUB = "Helsinki-NLP/opus-100"
-MULTIUN_HUB = "Helsinki-NLP/multiun"
+MULTIUN_HUB = "Helsinki-NLP/multiun"  # Eisele & Chen 2010's MultiUN: not the paper's corpus
+# The paper's "multiUN" is the UN Parallel Corpus v1.0 (Ziemski et al. 2016, the UNv1.0.* files of
+# the reference's download_resources/multi_un.sh), on the hub as un_pc (configs "ar-en", "en-es"...).
+UN_PC_HUB = "Helsinki-NLP/un_pc"
+# Both realignment corpora are reservoir-sampled to this many sentence pairs a language
+# (realignment_with_multi_un.sh: reservoir_sampling.py --num_samples 1000000; OPUS-100's train
+# splits hold at most 1M pairs, so it comes whole). The reference's sampler was unseeded; a fixed
+# seed makes the sample reproducible.
+PARALLEL_SAMPLE = 1_000_000
+PARALLEL_SAMPLE_SEED = 0
+
+# Hub datasets are read at one pinned commit of their repository, so that a later push to the
+# hub cannot silently change a split; the revision is part of the downloads' cache names.
+# "main" (HUB_BRANCH) is pinned explicitly where no commit sha could be looked up: such a source
+# follows the hub's default branch.
+HUB_BRANCH = "main"
+HUB_DATASET_REVISIONS: dict[str, str] = {
+    MNLI_HUB: "da70db2af9d09693783c3320c4249840212ee221",
+    XNLI_HUB: "b8dd5d7af51114dbda02c0e3f6133f332186418e",
+    WIKIANN_HUB: HUB_BRANCH,
+    OPUS100_HUB: HUB_BRANCH,
+    MULTIUN_HUB: HUB_BRANCH,
+    "Helsinki-NLP/un_pc": HUB_BRANCH,
+}
+
+
+def hub_dataset_revision(dataset_id: str) -> str:
+    """The pinned revision (commit sha or branch) at which a hub dataset is read."""
+    return HUB_DATASET_REVISIONS.get(dataset_id, HUB_BRANCH)
 
 SPLITS = ("train", "dev", "test")
 LANGUAGES = ("en", "ar", "es", "fr", "ru", "zh")  # the paper's languages (English = source)
@@ -126,6 +154,32 @@ def _env_flag(name: str) -> bool:
 def is_offline() -> bool:
     """True when remote loading is disabled ($SWEEP_OFFLINE, or the hub's own offline flags)."""
     return any(_env_flag(name) for name in (OFFLINE_ENV, *HUB_OFFLINE_ENVS))
+
+
+def hub_cache_allowed() -> bool:
+    """True when hub datasets and models may still be read from the Hugging Face caches although
+    `is_offline()`: the hub's own flags (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) make `datasets`
+    and `transformers` read what their caches hold instead of the network, so a compute node
+    without network runs on what a login node downloaded; only $SWEEP_OFFLINE forbids that too.
+    URL downloads (UD, MUSE) are refused under any of the flags."""
+    return not _env_flag(OFFLINE_ENV)
+
+
+def hub_datasets_cache() -> Path:
+    """Where `datasets` keeps prepared hub datasets ($HF_DATASETS_CACHE, else under $HF_HOME)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME") or "~/.cache/huggingface").expanduser() / "datasets"
+
+
+def hub_dataset_cached(dataset_id: str) -> bool:
+    """Whether the `datasets` cache holds a prepared copy of `dataset_id` (some config), which its
+    offline mode reads: the folder `org___name` that `datasets` names after the repository."""
+    from datasets.naming import camelcase_to_snakecase
+
+    org, _, name = dataset_id.rpartition("/")
+    folder = hub_datasets_cache() / "___".join(part for part in (org, camelcase_to_snakecase(name)) if part)
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def _offline_reason() -> str:
@@ -330,15 +384,75 @@ def read_nli_tsv(path: Path, labels: Sequence[str] = NLI_LABELS) -> list[dict[st
     return examples
 
 
+def iter_line_aligned(en_path: Path, x_path: Path) -> Iterator[tuple[str, str]]:
+    """(English line, other line) pairs of two line-aligned files, read line by line (memory
+    bounded by one line, whatever the files' size). Lines end at "\\n" only (as `_read_lines`);
+    a line that is not UTF-8, or files of different lengths, are one error naming the file and
+    the line."""
+    handles = []
+    try:
+        for path in (en_path, x_path):
+            try:
+                handles.append(open(path, "rb"))
+            except OSError as error:
+                raise DataSourceError(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
+        en_file, x_file = handles
+        number = 0
+        for number, raw in enumerate(itertools.zip_longest(en_file, x_file), start=1):
+            if raw[0] is None or raw[1] is None:
+                # Count the longer file's rest (streamed) to name both lengths.
+                rest = 1 + sum(1 for _ in (x_file if raw[0] is None else en_file))
+                en_count, x_count = (number - 1, number - 1 + rest) if raw[0] is None else (number - 1 + rest, number - 1)
+                raise DataSourceError(f"{en_path} has {en_count} lines but {x_path} has {x_count}: "
+                                      "a parallel corpus needs line-aligned files")
+            yield _decode_line(en_path, number, raw[0]), _decode_line(x_path, number, raw[1])
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def _decode_line(path: Path, number: int, raw: bytes) -> str:
+    """One line of a text file without its line ending; bytes that are not UTF-8 name the line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataSourceError(
+            f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+        ) from None
+    if number == 1 and text.startswith("\ufeff"):  # a byte-order mark is not content
+        text = text[1:]
+    return text.removesuffix("\n").removesuffix("\r")
+
+
 def read_line_aligned(en_path: Path, x_path: Path) -> list[tuple[str, str]]:
     """A parallel corpus as two line-aligned files; English first in each pair."""
-    en_lines, x_lines = _read_lines(en_path), _read_lines(x_path)
-    if len(en_lines) != len(x_lines):
-        raise DataSourceError(
-            f"{en_path} has {len(en_lines)} lines but {x_path} has {len(x_lines)}: "
-            "a parallel corpus needs line-aligned files"
-        )
-    return list(zip(en_lines, x_lines))
+    return list(iter_line_aligned(en_path, x_path))
+
+
+def reservoir_sample(pairs: Iterable[T], n: int | None, seed: int) -> list[T]:
+    """A uniform sample of `n` items of a stream of unknown length, in one pass, holding `n` items.
+
+    Algorithm R as the reference ran it on multiUN (subscripts/reservoir_sampling.py): the first
+    `n` items fill the reservoir; item i (from 0) then replaces slot `randrange(i + 1)` when that
+    is below `n`. The sample is returned in slot order (the reference wrote its slots in order),
+    so a stream of at most `n` items comes back whole and in its own order. The reference used
+    Python's unseeded global generator; here `random.Random(seed)`, so a sample can be remade.
+    `n=None`: the whole stream.
+    """
+    if n is None:
+        return list(pairs)
+    if n < 0:
+        raise ValueError(f"reservoir sample size n={n!r}: expected a non-negative int or None")
+    stream = iter(pairs)
+    reservoir = list(itertools.islice(stream, n))
+    if len(reservoir) < n:
+        return reservoir
+    draw = random.Random(seed).randrange
+    for i, item in enumerate(stream, start=n):
+        j = draw(i + 1)
+        if j < n:
+            reservoir[j] = item
+    return reservoir
 
 
 # A dictionary whose lines are mostly not two fields is not a MUSE file (a wrong or damaged file),
@@ -497,14 +611,30 @@ def _download_and_read(url: str, read: Callable[[Path], T], suffix: str) -> T:
 
 
 def _hub_rows(dataset_id: str, config: str | None, split: str, limit: int | None) -> Iterable[dict]:
-    """Rows of a hub dataset split; streams and stops after `limit` rows when given."""
+    """Rows of a hub dataset split at its pinned revision (`hub_dataset_revision`); streams and
+    stops after `limit` rows when given. Under the hub's offline flags `datasets` reads its cache,
+    which holds prepared splits, not streams: the split is then read from there and cut."""
     from datasets import load_dataset
 
-    log.info("loading %s (%s, %s) from the hub", dataset_id, config, split)
-    if limit is not None:
-        stream = load_dataset(dataset_id, config, split=split, streaming=True)
+    revision = hub_dataset_revision(dataset_id)
+    log.info("loading %s (%s, %s) at revision %s from the hub", dataset_id, config, split, revision)
+    if limit is not None and not is_offline():
+        stream = load_dataset(dataset_id, config, split=split, streaming=True, revision=revision)
         return list(itertools.islice(stream, limit))
-    return load_dataset(dataset_id, config, split=split)
+    rows = load_dataset(dataset_id, config, split=split, revision=revision)
+    return rows if limit is None else rows.select(range(min(limit, len(rows))))
+
+
+def _reads_hub(dataset_id: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Marks a fetcher as reading the hub dataset `dataset_id` (`DataSource.hub_dataset`): its
+    downloads are named after the pinned revision, and the hub's offline flags let it read the
+    `datasets` cache."""
+
+    def mark(fetch: Callable[..., T]) -> Callable[..., T]:
+        fetch.hub_dataset = dataset_id  # type: ignore[attr-defined]
+        return fetch
+
+    return mark
 
 
 def _label_names(rows: Any, column: str, labels: Sequence[str], where: str) -> list[str]:
@@ -530,6 +660,7 @@ def _fetch_udpos(limit: int | None, split: str, lang: str, labels: Sequence[str]
                               ".conllu")
 
 
+@_reads_hub(WIKIANN_HUB)
 def _fetch_wikiann(limit: int | None, split: str, lang: str, labels: Sequence[str] = WIKIANN_TAGS) -> list[dict]:
     rows = _hub_rows(WIKIANN_HUB, lang, HUB_SPLIT_NAMES.get(split, split), None)
     tags = _label_names(rows, "ner_tags", labels, f"hub {WIKIANN_HUB} ({lang})")
@@ -546,10 +677,12 @@ def _nli_rows(rows: Any, labels: Sequence[str], where: str) -> list[dict]:
     ]
 
 
+@_reads_hub(MNLI_HUB)
 def _fetch_mnli(limit: int | None, split: str, lang: str, labels: Sequence[str] = NLI_LABELS) -> list[dict]:
     return _nli_rows(_hub_rows(MNLI_HUB, None, MNLI_HUB_SPLITS[split], None), labels, f"hub {MNLI_HUB}")
 
 
+@_reads_hub(XNLI_HUB)
 def _fetch_xnli(limit: int | None, split: str, lang: str, labels: Sequence[str] = NLI_LABELS) -> list[dict]:
     return _nli_rows(_hub_rows(XNLI_HUB, lang, split, None), labels, f"hub {XNLI_HUB} ({lang})")
 
@@ -559,22 +692,48 @@ def _hub_pair_config(lang: str) -> str:
     return "-".join(sorted(("en", lang)))
 
 
+def _stream_hub_parallel(dataset_id: str, lang: str) -> Iterator[tuple[str, str]]:
+    """(English, `lang`) pairs of a hub translation dataset's train split, streamed at its pinned
+    revision: only the rows in flight are held, whatever the corpus' size."""
+    from datasets import load_dataset
+
+    revision = hub_dataset_revision(dataset_id)
+    config = _hub_pair_config(lang)
+    log.info("streaming %s (%s, train, revision %s) from the hub", dataset_id, config, revision)
+    for row in load_dataset(dataset_id, config, split="train", streaming=True, revision=revision):
+        translation = row["translation"]
+        yield translation["en"], translation[lang]
+
+
 def _fetch_hub_parallel(dataset_id: str) -> Callable[..., list[tuple[str, str]]]:
-    def fetch(limit: int | None, lang: str) -> list[tuple[str, str]]:
-        rows = _hub_rows(dataset_id, _hub_pair_config(lang), "train", limit)
-        return [(r["translation"]["en"], r["translation"][lang]) for r in rows]
+    def fetch(limit: int | None, lang: str, sample: int | None = PARALLEL_SAMPLE,
+              seed: int = PARALLEL_SAMPLE_SEED) -> list[tuple[str, str]]:
+        stream = _stream_hub_parallel(dataset_id, lang)
+        if limit is not None:
+            stream = itertools.islice(stream, limit)
+        return reservoir_sample(stream, sample, seed)
 
     return fetch
 
 
-def _fetch_ntrex(limit: int | None, lang: str) -> list[tuple[str, str]]:
+def _hub_parallel_remote(dataset_id: str) -> Callable[[str], str]:
+    return lambda lang: f"hub {dataset_id} ({_hub_pair_config(lang)}, train, revision {hub_dataset_revision(dataset_id)})"
+
+
+def _hub_parallel_version(dataset_id: str) -> str:
+    """Names a cached hub sample: the revision read, the default sample size and the seed."""
+    return f"{hub_dataset_revision(dataset_id)[:12]}-reservoir{PARALLEL_SAMPLE}-seed{PARALLEL_SAMPLE_SEED}"
+
+
+def _fetch_ntrex(limit: int | None, lang: str, sample: int | None = PARALLEL_SAMPLE,
+                 seed: int = PARALLEL_SAMPLE_SEED) -> list[tuple[str, str]]:
     en = _download_and_read(NTREX_URL.format(name="newstest2019-src.eng"), _read_lines, ".txt")
     x = _download_and_read(
         NTREX_URL.format(name=f"newstest2019-ref.{NTREX_LANG_CODES[lang]}"), _read_lines, ".txt"
     )
     if len(en) != len(x):
         raise DataSourceError(f"NTREX en has {len(en)} lines but {lang} has {len(x)}")
-    return list(zip(en, x))[:limit]
+    return reservoir_sample(list(zip(en, x))[:limit], sample, seed)
 
 
 def _fetch_muse(limit: int | None, src: str, tgt: str) -> list[tuple[str, str]]:
@@ -653,6 +812,16 @@ class DataSource:
         self.validate(**key)
         return self.local_files(**key)
 
+    @property
+    def hub_dataset(self) -> str | None:
+        """The hub dataset its remote loader reads (None: a URL download, or local only)."""
+        return getattr(self.fetch, "hub_dataset", None)
+
+    @property
+    def revision(self) -> str | None:
+        """The pinned revision of its hub dataset (None when it reads no hub dataset)."""
+        return hub_dataset_revision(self.hub_dataset) if self.hub_dataset else None
+
 
 def _parallel_source(
     name: str,
@@ -666,7 +835,10 @@ def _parallel_source(
         role="parallel",
         layout=f"parallel/{name}/en-X.en and en-X.X, line-aligned UTF-8 text, one sentence a line",
         local_files=lambda lang: [f"parallel/{name}/en-{lang}.en", f"parallel/{name}/en-{lang}.{lang}"],
-        read_local=lambda paths, lang: read_line_aligned(*paths),
+        # Read line by line into the default sample: checking a corpus of any size (preflight)
+        # holds at most PARALLEL_SAMPLE pairs.
+        read_local=lambda paths, lang: reservoir_sample(iter_line_aligned(*paths), PARALLEL_SAMPLE,
+                                                        PARALLEL_SAMPLE_SEED),
         validate=validate,
         fetch=fetch,
         remote=remote,
@@ -716,15 +888,19 @@ DATA_SOURCES: dict[str, DataSource] = {
         fetch=_fetch_xnli,
         remote=lambda split, lang: f"hub {XNLI_HUB} ({lang}, test)",
     ),
+    # OPUS-100's train split (Zhang et al. 2020), as the reference's download_resources/opus100.sh.
     "opus100": _parallel_source(
         "opus100",
         _fetch_hub_parallel(OPUS100_HUB),
-        lambda lang: f"hub {OPUS100_HUB} ({_hub_pair_config(lang)}, train)",
+        _hub_parallel_remote(OPUS100_HUB),
+        version=_hub_parallel_version(OPUS100_HUB),
     ),
+    # The UN Parallel Corpus v1.0 (the paper's "multiUN"; see UN_PC_HUB).
     "multiun": _parallel_source(
         "multiun",
-        _fetch_hub_parallel(MULTIUN_HUB),
-        lambda lang: f"hub {MULTIUN_HUB} ({_hub_pair_config(lang)}, train)",
+        _fetch_hub_parallel(UN_PC_HUB),
+        _hub_parallel_remote(UN_PC_HUB),
+        version=_hub_parallel_version(UN_PC_HUB),
     ),
     "ntrex": _parallel_source(
         "ntrex",
@@ -777,7 +953,8 @@ _SERIALISERS: dict[str, tuple[str, Callable[[Any, Path], None], Callable[[Path],
 def _remote_cache_path(source: DataSource, key: dict[str, str], cache_root: Path, limit: int | None) -> Path:
     suffix = _SERIALISERS[source.role][0]
     name = "-".join(key[k] for k in sorted(key)) + (f"-first{limit}" if limit is not None else "")
-    return cache_root / "data" / source.name / f"{name}-v{source.version}{suffix}"
+    revision = f"-rev-{source.revision}" if source.revision else ""  # another hub commit: another file
+    return cache_root / "data" / source.name / f"{name}-v{source.version}{revision}{suffix}"
 
 
 def _one_line(error: BaseException) -> str:
@@ -836,7 +1013,7 @@ def load_source(
     path = _remote_cache_path(source, key, resolve_cache_dir(cache_dir), limit)
     if path.is_file():
         return load(path)
-    if is_offline():
+    if is_offline() and not (source.hub_dataset and hub_cache_allowed()):
         raise DataSourceError(_missing_message(source, key, data_root, _offline_reason()))
 
     def fetch() -> Any:
@@ -847,6 +1024,8 @@ def load_source(
         except Exception as error:  # network, hub or format errors: one line naming both places
             remote = source.remote(**key) if source.remote else "remote"
             reason = f"loading {remote} failed: {_one_line(error)}"
+            if is_offline():  # only the hub caches could be read
+                reason += f" ({_offline_reason()}: read from the datasets cache {hub_datasets_cache()})"
             raise DataSourceError(_missing_message(source, key, data_root, reason)) from error
 
     return cached(path, fetch, save, load)
@@ -907,24 +1086,66 @@ def parallel_source(corpus: str, data_dir: str | Path | None = None) -> DataSour
 
 
 
+def parallel_sample_path(source: DataSource, lang: str, cache_dir: str | Path | None, sample: int | None,
+                         seed: int) -> Path:
+    """Where a hub corpus' sample is cached: named by the source's version (the revision read,
+    the default size and seed), plus the size and seed when they differ from the default."""
+    path = _remote_cache_path(source, {"lang": lang}, resolve_cache_dir(cache_dir), None)
+    if (sample, seed) == (PARALLEL_SAMPLE, PARALLEL_SAMPLE_SEED):
+        return path
+    size = "all" if sample is None else str(sample)
+    return path.with_name(f"{path.stem}-sample{size}-seed{seed}{path.suffix}")
+
+
 def load_parallel(
     corpus: str,
     lang: str,
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     subset: Subset | None = None,
+    sample: int | None = PARALLEL_SAMPLE,
+    seed: int = PARALLEL_SAMPLE_SEED,
 ) -> list[tuple[str, str]]:
-    """(English line, `lang` line) pairs of a parallel corpus, raw text.
+    """(English line, `lang` line) pairs of a parallel corpus, raw text: a reservoir sample of
+    `sample` pairs (None: all) with `seed` (`reservoir_sample`), then `subset` of that sample.
 
-    A local directory parallel/`corpus` is used when present, even for opus100 / multiun;
-    otherwise registered corpora load from the hub (OPUS-100: Helsinki-NLP/opus-100, multiUN:
-    Helsinki-NLP/multiun, configs named by the sorted pair, e.g. "ar-en", "en-es"; train split).
-    A "first N" subset of a remote corpus streams only N pairs.
+    A local directory parallel/`corpus` is used when present, even for opus100 / multiun, read
+    line by line; otherwise registered corpora stream from the hub at their pinned revision
+    (OPUS-100: Helsinki-NLP/opus-100; multiUN: the UN Parallel Corpus, Helsinki-NLP/un_pc;
+    configs named by the sorted pair, e.g. "ar-en", "en-es"; train split), and the sample is
+    cached. Memory is bounded by the sample, not the corpus. A subset is taken from the sample,
+    so even a small one streams the whole corpus once (then the cached sample serves it).
     """
     subset = subset or Subset()
     source = parallel_source(corpus, data_dir)
-    pairs = load_source(source, {"lang": lang}, data_dir, cache_dir, limit=subset.first_only)
-    return subset.apply(pairs)
+    key = {"lang": lang}
+    relative = source.relative_paths(**key)
+    data_root = resolve_data_dir(data_dir)
+    if data_root is not None and all((data_root / r).is_file() for r in relative):
+        paths = [data_root / r for r in relative]
+        pairs = reservoir_sample(iter_line_aligned(*paths), sample, seed)
+        if not pairs:
+            raise DataSourceError(f"{paths[0]} and {paths[1]}: no sentence pair in it ({source.name} lang={lang})")
+        return subset.apply(pairs)
+    if source.fetch is None:
+        raise DataSourceError(_missing_message(source, key, data_root, "no remote source for it"))
+    path = parallel_sample_path(source, lang, cache_dir, sample, seed)
+    if path.is_file():
+        return subset.apply(load_string_pairs(path))
+    if is_offline():
+        raise DataSourceError(_missing_message(source, key, data_root, _offline_reason()))
+
+    def fetch() -> list[tuple[str, str]]:
+        try:
+            return source.fetch(None, lang=lang, sample=sample, seed=seed)
+        except DataSourceError:
+            raise
+        except Exception as error:  # network, hub or format errors: one line naming both places
+            remote = source.remote(lang=lang) if source.remote else "remote"
+            reason = f"loading {remote} failed: {_one_line(error)}"
+            raise DataSourceError(_missing_message(source, key, data_root, reason)) from error
+
+    return subset.apply(cached(path, fetch, save_string_pairs, load_string_pairs))
 
 
 MUSE_REVERSE_FILES = ("en-x-copy", "x-en")
@@ -1027,16 +1248,29 @@ def required_data(
 
 
 def _availability(need: Requirement, data_root: Path | None, cache_root: Path) -> str:
-    """"local", "cached", "remote" (will be fetched) or "missing"."""
+    """"local", "cached", "hub-cache" (offline, in the datasets cache), "remote" (will be fetched)
+    or "missing"."""
     key = need.key_dict
     relative = need.source.relative_paths(**key)
     if data_root is not None and all((data_root / r).is_file() for r in relative):
         return "local"
     if _remote_cache_path(need.source, key, cache_root, None).is_file():
         return "cached"
-    if need.source.fetch is None or is_offline():
+    if need.source.fetch is None:
         return "missing"
+    if is_offline():  # a hub dataset that the datasets cache holds still loads
+        hub = need.source.hub_dataset
+        return "hub-cache" if hub and hub_cache_allowed() and hub_dataset_cached(hub) else "missing"
     return "remote"
+
+
+def _unavailable_reason(source: DataSource) -> str:
+    if source.fetch is None:
+        return "no remote source for it"
+    if source.hub_dataset and hub_cache_allowed():
+        return (f"{_offline_reason()} and the datasets cache {hub_datasets_cache()} holds no copy of "
+                f"{source.hub_dataset} (run `python -m trainables.data prefetch` where there is network)")
+    return _offline_reason()
 
 
 def describe_missing(
@@ -1056,8 +1290,7 @@ def describe_missing(
     lines = []
     for need in needs:
         if _availability(need, data_root, cache_root) == "missing":
-            reason = "no remote source for it" if need.source.fetch is None else _offline_reason()
-            lines.append(_missing_message(need.source, need.key_dict, data_root, reason))
+            lines.append(_missing_message(need.source, need.key_dict, data_root, _unavailable_reason(need.source)))
     return lines
 
 
@@ -1105,3 +1338,9 @@ def check_available(
     missing = describe_missing(kind, name, langs, data_dir, cache_dir)
     if missing:
         raise DataSourceError(f"{len(missing)} data file(s) unavailable: " + " | ".join(missing))
+
+
+if __name__ == "__main__":  # python -m trainables.data prefetch --data-dir DIR EXPERIMENT.py
+    from trainables.prefetch import main
+
+    raise SystemExit(main())

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from trainables.errors import TrialInputError
+from trainables.models import HUB_MODEL_REVISIONS
+from trainables.registry import did_you_mean
 
 if TYPE_CHECKING:  # transformers and torch are imported only when a folder is checked
     from transformers import PretrainedConfig
@@ -40,6 +42,14 @@ OPTIONAL_WEIGHTS = re.compile(r"pooler\.")
 # Names of old checkpoints that transformers renames on load.
 LEGACY_NAMES = ((re.compile(r"\.gamma$"), ".weight"), (re.compile(r"\.beta$"), ".bias"))
 MAX_NAMES_SHOWN = 3
+# A hub model the code has no pinned commit for follows the hub's default branch, named explicitly.
+DEFAULT_HUB_REVISION = "main"
+# The organisations that the legacy un-namespaced ids of the paper's models now live under on the
+# hub (the old id redirects there): the same repository, so the same pinned commit.
+CANONICAL_HUB_ORGS = ("distilbert", "google-bert", "FacebookAI")
+# Files a tokenizer may be made from (any one suffices for AutoTokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model",
+                   "spiece.model", "vocab.json")
 
 
 def _one_line(error: BaseException) -> str:
@@ -222,3 +232,77 @@ def check_model_folder(source: str | os.PathLike) -> "PretrainedConfig":
     check_tokenizer(folder, config)
     check_weights(folder, config)
     return config
+
+
+# --- hub models: pinned revisions and checks before a sweep -------------------------------------
+
+
+def is_local_model(source: str | os.PathLike) -> bool:
+    """Whether a model source names a local folder (a path, or an existing folder) rather than a
+    hub id."""
+    text = str(source)
+    return text.startswith(("/", "~", "./", "../")) or os.path.exists(text)
+
+
+def hub_revision(source: str | os.PathLike) -> str | None:
+    """The revision a hub model is read at: the pinned commit of a model the code knows (the
+    paper's four, AWESOME's aligner; `trainables.models.HUB_MODEL_REVISIONS`), else
+    `DEFAULT_HUB_REVISION`; None for a local folder, which has no revision."""
+    if is_local_model(source):
+        return None
+    name = str(source)
+    if name in HUB_MODEL_REVISIONS:
+        return HUB_MODEL_REVISIONS[name]
+    org, _, base = name.partition("/")
+    if org in CANONICAL_HUB_ORGS and base in HUB_MODEL_REVISIONS:
+        return HUB_MODEL_REVISIONS[base]
+    return DEFAULT_HUB_REVISION
+
+
+def pretrained_kwargs(source: str | os.PathLike) -> dict[str, str]:
+    """Keyword arguments for `from_pretrained(source, ...)` / `snapshot_download`: the pinned
+    `revision` of a hub id (with the hub's offline flags, transformers then reads that commit
+    from its cache), nothing for a local folder."""
+    revision = hub_revision(source)
+    return {} if revision is None else {"revision": revision}
+
+
+def _close_hub_name(model_id: str) -> str:
+    """' (did you mean ...)' for a hub id close to a model the code knows, by full id or by name."""
+    known = list(HUB_MODEL_REVISIONS)
+    return did_you_mean(model_id, known) or did_you_mean(model_id.rpartition("/")[2], known)
+
+
+def hub_model_problems(models: dict[str, str], api: object | None = None) -> list[str]:
+    """One line per hub model id (-> what names it) that the hub does not serve at its pinned
+    revision with a config, a tokenizer and PyTorch weights: a typo ("did you mean" a known model),
+    a revision the repository lacks, a gated repository, or missing files. `api`: a
+    `huggingface_hub.HfApi` (tests pass a stand-in). Needs the network: call only when online."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    api = api if api is not None else HfApi()
+    problems = []
+    for model_id, what in models.items():
+        revision = hub_revision(model_id) or DEFAULT_HUB_REVISION
+        where = f"{what}: hub model {model_id!r}"
+        try:
+            info = api.model_info(model_id, revision=revision)
+        except GatedRepoError:
+            problems.append(f"{where} is gated: accept its terms on the hub and log in (hf auth login)")
+            continue
+        except RepositoryNotFoundError:
+            problems.append(f"{where} not found on the hub{_close_hub_name(model_id)}")
+            continue
+        except RevisionNotFoundError:
+            problems.append(f"{where} has no revision {revision!r}")
+            continue
+        except Exception as error:  # network or server errors: the sweep would fail the same way
+            problems.append(f"{where} could not be checked ({_one_line(error)})")
+            continue
+        files = {sibling.rfilename for sibling in (getattr(info, "siblings", None) or ())}
+        for needed, names in (("a config", (CONFIG_FILE,)), ("a tokenizer", TOKENIZER_FILES),
+                              ("PyTorch weights", WEIGHT_FILES)):
+            if not files & set(names):
+                problems.append(f"{where} at revision {revision}: no {needed} file (expected one of {', '.join(names)})")
+    return problems

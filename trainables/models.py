@@ -224,17 +224,29 @@ class PaperModel:
     # The reference's forward-pass batch with --large_gpu (training/batch_sizes.py,
     # get_batch_size: model_to_batch_size_big), which its learning-rate schedule counted.
     code_micro_batch_size: int
+    # The hub commit the weights and tokenizer are read at (`from_pretrained(revision=...)`),
+    # so that every trial, and a rerun years later, reads the same files; part of cache keys.
+    revision: str = "main"
 
 
 PAPER_MODELS: tuple[PaperModel, ...] = (
     PaperModel("distilbert-base-multilingual-cased", "distilmBERT", "distilbert", gpu=0.25, realigned=True,
-               code_micro_batch_size=32),
-    PaperModel("bert-base-multilingual-cased", "mBERT", "bert", gpu=0.5, realigned=True, code_micro_batch_size=32),
-    PaperModel("xlm-roberta-base", "XLM-R Base", "xlm-roberta", gpu=0.5, realigned=True, code_micro_batch_size=32),
+               code_micro_batch_size=32, revision="45c032ab32cc946ad88a166f7cb282f58c753c2e"),
+    PaperModel("bert-base-multilingual-cased", "mBERT", "bert", gpu=0.5, realigned=True, code_micro_batch_size=32,
+               revision="3f076fdb1ab68d5b2880cb87a0886f315b8146f8"),
+    PaperModel("xlm-roberta-base", "XLM-R Base", "xlm-roberta", gpu=0.5, realigned=True, code_micro_batch_size=32,
+               revision="e73636d4f797dec63c3081bb6ed5c7b0bb3f2089"),
     PaperModel("xlm-roberta-large", "XLM-R Large", "xlm-roberta", gpu=1.0, realigned=False,
-               code_micro_batch_size=8),
+               code_micro_batch_size=8, revision="c23d21b0620b635a76227c604d44e43a9f0ee389"),
 )
 PAPER_MODEL_NAMES: tuple[str, ...] = tuple(model.name for model in PAPER_MODELS)
+
+# Other hub models the code loads, at a pinned commit: AWESOME-align's fine-tuned aligner
+# (the setting awesome_model's default, trainables/pairs.py).
+HUB_MODEL_REVISIONS: dict[str, str] = {
+    "aneuraz/awesome-align-with-co": "777756717e1fa9556e304d4d5db173ee386b9c16",
+    **{model.name: model.revision for model in PAPER_MODELS},
+}
 
 
 def paper_model(name: str) -> PaperModel | None:

@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -46,9 +47,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, overload
 
 import numpy as np
 import pandas as pd
@@ -57,6 +60,8 @@ import pyarrow.parquet as pq
 
 from trainables.cache import cache_key, cached, file_fingerprint, model_fingerprint
 from trainables.data import (
+    PARALLEL_SAMPLE,
+    PARALLEL_SAMPLE_SEED,
     Subset,
     get_source,
     load_dictionary,
@@ -89,6 +94,10 @@ DEFAULT_AWESOME_MODEL = "aneuraz/awesome-align-with-co"  # AWESOME's fine-tuned 
 # diagonal tension, variational Bayes), 5 EM iterations (fast_align's default).
 FASTALIGN_ITERATIONS = 5
 FASTALIGN_CHUNK = 10_000  # sentence pairs per Aligner.align_batch call (bounds memory)
+# Sentence pairs segmented and searched at a time: memory holds one chunk's words as Python lists,
+# the rest as Arrow arrays, so 1M-line corpora fit in bounded memory. Output does not depend on it.
+EXTRACTION_CHUNK = 20_000
+PROGRESS_INTERVAL_S = 2.0  # at most one on_progress call per interval (and one at the end)
 # fast_align's input format separates the two sides with " ||| ": a token containing "|||"
 # would break the line, so such tokens are renamed for the aligner only.
 FASTALIGN_SEPARATOR = "|||"
@@ -118,6 +127,9 @@ class PairContext:
     fastalign_favor_diagonal: bool = True  # -d
     fastalign_optimize_tension: bool = True  # -o
     fastalign_variational_bayes: bool = True  # -v
+    # Sentence pairs a language sampled from the corpus (data.reservoir_sample; None: all) and its seed.
+    parallel_sample: int | None = PARALLEL_SAMPLE
+    parallel_sample_seed: int = PARALLEL_SAMPLE_SEED
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> "PairContext":
@@ -135,6 +147,7 @@ class PairContext:
             awesome_threshold=settings.awesome_threshold,
             dico_lowercase=settings.dico_lowercase,
             muse_reverse_file=settings.muse_reverse_file,
+            parallel_sample=getattr(settings, "parallel_sample", PARALLEL_SAMPLE),
             device=device,
         )
         values.update(overrides)
@@ -169,13 +182,64 @@ class PairContext:
         return {}
 
 
+class WordLists(Sequence):
+    """One side of a segmented corpus, `list[str]` per sentence, held as an Arrow list<string>
+    array: about 4 bytes a word plus the text, rather than a Python object per word, so that a
+    1M-line corpus stays in bounded memory. Indexing gives a fresh `list[str]`."""
+
+    def __init__(self, words: pa.ChunkedArray | pa.Array | Sequence[Sequence[str]]) -> None:
+        if isinstance(words, pa.Array):
+            words = pa.chunked_array([words], type=words.type)
+        elif not isinstance(words, pa.ChunkedArray):
+            words = pa.chunked_array([pa.array(list(words), type=pa.list_(pa.string()))])
+        self.array = words
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @overload
+    def __getitem__(self, index: int) -> list[str]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[list[str]]: ...
+
+    def __getitem__(self, index: int | slice) -> list[str] | list[list[str]]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return self.array.slice(start, max(stop - start, 0)).to_pylist()
+            return [self[i] for i in range(start, stop, step)]
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sentence {index} out of range ({len(self)} sentences)")
+        return self.array[index].as_py()
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for start in range(0, len(self), EXTRACTION_CHUNK):
+            yield from self.array.slice(start, EXTRACTION_CHUNK).to_pylist()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, WordLists):
+            return self.array.equals(other.array)
+        if isinstance(other, Sequence):
+            return len(self) == len(other) and all(a == list(b) for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence: compared by value
+
+    def __repr__(self) -> str:
+        return f"WordLists({len(self)} sentences)"
+
+
 @dataclass(frozen=True, eq=False)
 class AlignedCorpus:
     """A segmented parallel corpus and its word pairs (what alignment and realignment consume)."""
 
     lang: str
-    en_words: list[list[str]]
-    x_words: list[list[str]]
+    en_words: Sequence[list[str]]  # a list, or WordLists as extract_pairs returns
+    x_words: Sequence[list[str]]
     pairs: pd.DataFrame = field(repr=False)
 
     @functools.cached_property
@@ -315,9 +379,17 @@ def pairs_from_dictionary(
                           ignore_case=lowercase)
 
 
+@functools.lru_cache(maxsize=4)  # chunked extraction reads the dictionaries once, not once a chunk
+def _dictionaries(lang: str, data_dir: Any, cache_dir: Any, reverse_file: str,
+                  content: str) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    # `content` (the files' fingerprint) is only part of the key: a changed file is read again.
+    return (load_dictionary("en", lang, data_dir, cache_dir, reverse_file),
+            load_dictionary(lang, "en", data_dir, cache_dir, reverse_file))
+
+
 def dico_source(en_words: list[list[str]], x_words: list[list[str]], lang: str, context: PairContext) -> pd.DataFrame:
-    en_to_x = load_dictionary("en", lang, context.data_dir, context.cache_dir, context.muse_reverse_file)
-    x_to_en = load_dictionary(lang, "en", context.data_dir, context.cache_dir, context.muse_reverse_file)
+    content = context.cache_parts("dico", lang)["dictionary"]
+    en_to_x, x_to_en = _dictionaries(lang, context.data_dir, context.cache_dir, context.muse_reverse_file, content)
     return pairs_from_dictionary(en_words, x_words, en_to_x, x_to_en, lowercase=context.dico_lowercase)
 
 
@@ -368,13 +440,25 @@ def fastalign_links(
     library, the one way to pin the thread count of the OpenMP runtime it bundles, already
     initialised once imported), so that runs give the same pairs.
     """
-    usable = [n for n, (en, x) in enumerate(zip(en_words, x_words)) if en and x]
-    if not usable:
+    sentence, src_index, tgt_index = [], [], []
+    for links, _, _ in _fastalign_link_chunks(WordLists(en_words), WordLists(x_words), context, len(en_words) or 1):
+        sentence.append(links[:, 0])
+        src_index.append(links[:, 1])
+        tgt_index.append(links[:, 2])
+    if not sentence:
         empty = np.empty(0, np.int64)
         return empty, empty, empty
+    return np.concatenate(sentence), np.concatenate(src_index), np.concatenate(tgt_index)
+
+
+def _fastalign_link_chunks(
+    en_words: WordLists, x_words: WordLists, context: PairContext, chunk: int,
+    on_aligned: Callable[[], None] | None = None,
+) -> Iterator[tuple[np.ndarray, int, int]]:
+    """fast_align over the whole corpus, its input file written and its links read a chunk of
+    `chunk` sentence pairs at a time: yields ((n, 3) int64 links (sentence, src, tgt) of
+    sentences start..stop-1, start, stop) in order. `on_aligned` is called once the aligner is done."""
     backend = fastalign_backend()
-    src = [_fastalign_tokens(en_words[n]) for n in usable]
-    tgt = [_fastalign_tokens(x_words[n]) for n in usable]
     options = dict(
         iterations=context.fastalign_iterations,
         favor_diagonal=context.fastalign_favor_diagonal,
@@ -382,53 +466,91 @@ def fastalign_links(
         variational_bayes=context.fastalign_variational_bayes,
     )
     single_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    n_sentences = len(en_words)
     with tempfile.TemporaryDirectory(prefix="fastalign-") as tmp:
-        corpus, links_path = Path(tmp) / "corpus.txt", Path(tmp) / "links.npy"
+        corpus, links_path = Path(tmp) / "corpus.txt", Path(tmp) / "links.bin"
+        usable_parts, src_lengths, tgt_lengths = [], [], []
         with open(corpus, "w", encoding="utf-8") as handle:
-            for s, t in zip(src, tgt):
-                handle.write(f"{' '.join(s)} {FASTALIGN_SEPARATOR} {' '.join(t)}\n")
-        if backend != FASTALIGN_LIBRARY:
-            links = _fastalign_with_programs(corpus, len(src), options, single_thread)
+            for start in range(0, n_sentences, chunk):
+                en_chunk, x_chunk = en_words[start : start + chunk], x_words[start : start + chunk]
+                for offset, (en, x) in enumerate(zip(en_chunk, x_chunk)):
+                    if not (en and x):
+                        continue  # fast_align cannot align an empty side
+                    usable_parts.append(start + offset)
+                    src_lengths.append(len(en))
+                    tgt_lengths.append(len(x))
+                    src, tgt = _fastalign_tokens(en), _fastalign_tokens(x)
+                    handle.write(f"{' '.join(src)} {FASTALIGN_SEPARATOR} {' '.join(tgt)}\n")
+        usable = np.asarray(usable_parts, dtype=np.int64)
+        src_len, tgt_len = np.asarray(src_lengths, dtype=np.int64), np.asarray(tgt_lengths, dtype=np.int64)
+        del usable_parts, src_lengths, tgt_lengths
+        if len(usable):
+            if backend != FASTALIGN_LIBRARY:
+                _fastalign_with_programs(corpus, len(usable), options, single_thread, links_path)
+            else:
+                command = [sys.executable, "-c", _SYSTRAN_ALIGN_CHILD, str(corpus), str(links_path),
+                           json.dumps(options), FASTALIGN_SEPARATOR, str(FASTALIGN_CHUNK)]
+                done = subprocess.run(command, env=single_thread, capture_output=True, text=True)
+                if done.returncode != 0:
+                    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    raise RuntimeError(f"fast_align (systran-align) failed on {len(usable)} sentence pairs: {last}")
+            # (n_links, 3) int32 rows: line of the corpus file, src index, tgt index; in line order
+            links = np.memmap(links_path, dtype=np.int32, mode="r") if links_path.stat().st_size else np.empty(0, np.int32)
+            links = links.reshape(-1, 3)
         else:
-            command = [sys.executable, "-c", _SYSTRAN_ALIGN_CHILD, str(corpus), str(links_path), json.dumps(options),
-                       FASTALIGN_SEPARATOR, str(FASTALIGN_CHUNK)]
-            done = subprocess.run(command, env=single_thread, capture_output=True, text=True)
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise RuntimeError(f"fast_align (systran-align) failed on {len(src)} sentence pairs: {last}")
-            links = np.load(links_path)  # (n_links, 3): row in `usable`, src index, tgt index
-    src_lengths, tgt_lengths = (np.array([len(words) for words in side], dtype=np.int64) for side in (src, tgt))
-    if (links[:, 1] >= src_lengths[links[:, 0]]).any() or (links[:, 2] >= tgt_lengths[links[:, 0]]).any():
-        raise RuntimeError(f"fast_align ({backend}): a link points past the end of its sentence")
-    sentence = np.asarray(usable, dtype=np.int64)[links[:, 0]]
-    return sentence, links[:, 1], links[:, 2]
+            links = np.empty((0, 3), np.int32)
+        if on_aligned is not None:
+            on_aligned()
+        line_bounds = np.searchsorted(usable, np.arange(0, n_sentences + chunk, chunk))
+        link_bounds = np.searchsorted(links[:, 0], line_bounds) if len(links) else np.zeros_like(line_bounds)
+        for number, start in enumerate(range(0, n_sentences, chunk)):
+            block = np.asarray(links[link_bounds[number] : link_bounds[number + 1]], dtype=np.int64)
+            rows = block[:, 0]
+            if (block[:, 1] >= src_len[rows]).any() or (block[:, 2] >= tgt_len[rows]).any():
+                raise RuntimeError(f"fast_align ({backend}): a link points past the end of its sentence")
+            yield np.column_stack([usable[rows], block[:, 1], block[:, 2]]), start, min(start + chunk, n_sentences)
+        del links
 
 
-def _fastalign_with_programs(corpus: Path, n_lines: int, options: dict[str, Any], env: dict[str, str]) -> np.ndarray:
+def _fastalign_with_programs(corpus: Path, n_lines: int, options: dict[str, Any], env: dict[str, str],
+                             links_path: Path) -> None:
     """`fast_align` forward and reverse, then `atools -c grow-diag-final-and` (the reference's
-    scripts/word_align_with_fastalign.sh); returns the (row, src, tgt) links of the corpus file."""
+    scripts/word_align_with_fastalign.sh); writes the (row, src, tgt) int32 links of the corpus
+    file to `links_path`, the programs' outputs going through files, never whole in memory."""
     flags = ["-I", str(options["iterations"])]
     flags += [flag for flag, on in (("-d", options["favor_diagonal"]), ("-o", options["optimize_tension"]),
                                     ("-v", options["variational_bayes"])) if on]
     fast_align, atools = (shutil.which(program) for program in FASTALIGN_PROGRAMS)
     forward, reverse = corpus.with_name("forward.align"), corpus.with_name("reverse.align")
+    symmetrised = corpus.with_name("gdfa.align")
     steps = [
         ([fast_align, "-i", str(corpus), *flags], forward),
         ([fast_align, "-i", str(corpus), *flags, "-r"], reverse),
-        ([atools, "-i", str(forward), "-j", str(reverse), "-c", "grow-diag-final-and"], None),
+        ([atools, "-i", str(forward), "-j", str(reverse), "-c", "grow-diag-final-and"], symmetrised),
     ]
     for command, output in steps:
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        with open(output, "wb") as out:
+            done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"{Path(command[0]).name} failed on {n_lines} sentence pairs"
                                f" (exit {done.returncode}): {last}")
-        if output is not None:
-            output.write_text(done.stdout, encoding="utf-8")
-    return parse_pharaoh(done.stdout, n_lines, "atools -c grow-diag-final-and")
+    what = "atools -c grow-diag-final-and"
+    n_read = 0
+    with open(symmetrised, encoding="utf-8") as lines, open(links_path, "wb") as out:
+        while block := list(itertools.islice(lines, FASTALIGN_CHUNK)):
+            if n_read + len(block) > n_lines:
+                raise RuntimeError(f"{what}: more alignment lines than the {n_lines} sentence pairs")
+            text = "".join(block)
+            parsed = parse_pharaoh(text, len(block), what, first_line=n_read + 1)
+            parsed[:, 0] += n_read
+            parsed.astype(np.int32).tofile(out)
+            n_read += len(block)
+    if n_read != n_lines:
+        raise RuntimeError(f"{what}: {n_read} alignment lines for {n_lines} sentence pairs")
 
 
-def parse_pharaoh(text: str, n_lines: int, what: str) -> np.ndarray:
+def parse_pharaoh(text: str, n_lines: int, what: str, first_line: int = 1) -> np.ndarray:
     """Pharaoh alignments ("0-0 1-2 ...", one line per sentence pair, src-tgt) as (row, src, tgt)
     int64 rows; `what` names the producer in the error raised on a malformed output."""
     lines = text.split("\n")
@@ -436,7 +558,7 @@ def parse_pharaoh(text: str, n_lines: int, what: str) -> np.ndarray:
         lines.pop()
     if len(lines) != n_lines:
         raise RuntimeError(f"{what}: {len(lines)} alignment lines for {n_lines} sentence pairs")
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=first_line):
         if not PHARAOH_LINE.fullmatch(line.strip()):
             raise RuntimeError(f"{what}: line {number} is not Pharaoh format (i-j links): {line[:80]!r}")
     rows = np.repeat(np.arange(n_lines, dtype=np.int64), [line.count("-") for line in lines])
@@ -449,7 +571,7 @@ def parse_pharaoh(text: str, n_lines: int, what: str) -> np.ndarray:
 # `python -m trainables.pairs`: this module's imports (torch and transformers, through
 # trainables.data) would cost the child 9 s of CPU, while it needs only numpy and the library.
 _SYSTRAN_ALIGN_CHILD = r"""
-import json, sys, tempfile
+import itertools, json, sys, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -461,14 +583,18 @@ with tempfile.TemporaryDirectory(prefix="fastalign-probs-") as tmp:
     forward, backward = str(Path(tmp) / "fwd.bin"), str(Path(tmp) / "bwd.bin")
     systran_align.generate_alignment_probabilities(corpus, forward, backward, **json.loads(options))
     aligner = systran_align.Aligner(forward, backward)
-    pairs = [line.rstrip("\n").split(f" {separator} ") for line in open(corpus, encoding="utf-8")]
-    src, tgt = [p[0].split() for p in pairs], [p[1].split() for p in pairs]
-    results = []
-    for start in range(0, len(src), chunk):
-        results.extend(aligner.align_batch(src[start : start + chunk], tgt[start : start + chunk]))
-rows = np.repeat(np.arange(len(results), dtype=np.int64), [len(r["alignments"]) for r in results])
-flat = np.array([link for r in results for link in r["alignments"]], dtype=np.int64).reshape(-1, 2)
-np.save(links_path, np.column_stack([rows, flat]))
+    row = 0
+    # The corpus is read and aligned a chunk at a time, links appended as int32 rows: the child's
+    # memory is one chunk's, not the corpus'.
+    with open(corpus, encoding="utf-8") as lines, open(links_path, "wb") as out:
+        while block := list(itertools.islice(lines, chunk)):
+            pairs = [line.rstrip("\n").split(f" {separator} ") for line in block]
+            results = aligner.align_batch([p[0].split() for p in pairs], [p[1].split() for p in pairs])
+            rows = np.repeat(np.arange(row, row + len(results), dtype=np.int64),
+                             [len(r["alignments"]) for r in results])
+            flat = np.array([link for r in results for link in r["alignments"]], dtype=np.int64).reshape(-1, 2)
+            np.column_stack([rows, flat]).astype(np.int32).tofile(out)
+            row += len(results)
 """
 
 
@@ -580,15 +706,84 @@ def get_pair_source(name: str) -> PairSource:
     return lookup(PAIR_SOURCES, name, "pair source")
 
 
-def _save_segmented(value: tuple[list[list[str]], list[list[str]]], path: Path) -> None:
+def _save_segmented(value: tuple[WordLists, WordLists], path: Path) -> None:
     en_words, x_words = value
-    words = pa.list_(pa.string())
-    pq.write_table(pa.table({"en": pa.array(en_words, type=words), "x": pa.array(x_words, type=words)}), path)
+    pq.write_table(pa.table({"en": en_words.array, "x": x_words.array}), path)
 
 
-def _load_segmented(path: Path) -> tuple[list[list[str]], list[list[str]]]:
+def _load_segmented(path: Path) -> tuple[WordLists, WordLists]:
     table = pq.read_table(path)
-    return table.column("en").to_pylist(), table.column("x").to_pylist()
+    return WordLists(table.column("en")), WordLists(table.column("x"))
+
+
+def segment_chunked(lines: list[tuple[str, str]], lang: str, chunk: int = EXTRACTION_CHUNK,
+                    progress: Callable[[int], None] | None = None) -> tuple[WordLists, WordLists]:
+    """Both sides of a parallel corpus segmented `chunk` lines at a time into Arrow arrays, so
+    that only one chunk's words are ever Python lists; `progress(n)` after each chunk."""
+    words = pa.list_(pa.string())
+    en_chunks, x_chunks = [], []
+    for start in range(0, len(lines), chunk):
+        block = lines[start : start + chunk]
+        en_chunks.append(pa.array(segment_corpus([en for en, _ in block], "en"), type=words))
+        x_chunks.append(pa.array(segment_corpus([x for _, x in block], lang), type=words))
+        if progress is not None:
+            progress(len(block))
+    return WordLists(pa.chunked_array(en_chunks, type=words)), WordLists(pa.chunked_array(x_chunks, type=words))
+
+
+class _Progress:
+    """Calls `on_progress(done, total)` at most every PROGRESS_INTERVAL_S seconds, and at `finish`."""
+
+    def __init__(self, on_progress: Callable[[int, int], None] | None, total: int) -> None:
+        self.on_progress, self.total, self.done = on_progress, total, 0
+        self.last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done = min(self.done + n, self.total)
+        now = time.monotonic()
+        if self.on_progress is not None and now - self.last >= PROGRESS_INTERVAL_S:
+            self.last = now
+            self.on_progress(self.done, self.total)
+
+    def finish(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.total, self.total)
+
+
+def _pairs_chunked(source: str, en_words: WordLists, x_words: WordLists, lang: str, context: PairContext,
+                   chunk: int, progress: _Progress) -> pd.DataFrame:
+    """The pairs of `source` over the corpus, `chunk` sentence pairs at a time. Every source links
+    words within one sentence pair, so chunks give exactly the pairs of one pass; fast_align alone
+    learns from the whole corpus (one run, its input and output streamed: `_fastalign_link_chunks`)."""
+    n = len(en_words)
+    parts = []
+    # One string object per distinct word, as pyarrow's to_pandas gives a cached table: a
+    # 1M-line corpus has millions of pairs but a vocabulary of about 10^5 words.
+    pool: dict[str, str] = {}
+
+    def compact(table: pd.DataFrame, start: int) -> pd.DataFrame:
+        words = {column: [pool.setdefault(w, w) for w in table[column].tolist()] for column in ("src_word", "tgt_word")}
+        return table.assign(sentence=table["sentence"] + start, **words)
+
+    if source == "fastalign":
+        for links, start, stop in _fastalign_link_chunks(en_words, x_words, context, chunk,
+                                                         on_aligned=lambda: progress.advance(n)):
+            en_chunk, x_chunk = en_words[start:stop], x_words[start:stop]
+            table = links_to_pairs(links[:, 0] - start, links[:, 1], links[:, 2], en_chunk, x_chunk)
+            parts.append(compact(table, start))
+            progress.advance(stop - start)
+    else:
+        pair_source = get_pair_source(source)
+        # AWESOME's forward passes are slow: smaller chunks report progress every few batches.
+        step = min(chunk, context.awesome_batch_size * 8) if source == "awesome" else chunk
+        for start in range(0, n, step):
+            table = pair_source(en_words[start : start + step], x_words[start : start + step], lang, context)
+            parts.append(compact(table, start))
+            progress.advance(min(step, n - start))
+    if not parts:
+        return links_to_pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), [], [])
+    pairs = pd.concat(parts, ignore_index=True)
+    return pairs.astype({"sentence": np.int64, "src_index": np.int64, "tgt_index": np.int64})[list(PAIR_COLUMNS)]
 
 
 def _save_pairs(pairs: pd.DataFrame, path: Path) -> None:
@@ -617,40 +812,61 @@ def extract_pairs(
     cache_dir: str | Path | None = None,
     subset: Subset | None = None,
     context: PairContext | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    chunk_size: int = EXTRACTION_CHUNK,
 ) -> AlignedCorpus:
     """Load `corpus` (en-`lang`), segment it and extract word pairs with `source`, cached.
 
     Explicit `data_dir` / `cache_dir` take precedence over the context's. Cache files live under
     `<cache dir>/pairs/` and are keyed by corpus, language, subset, segmentation, the corpus
     text itself (a hash) and, for pairs, the source, its settings and the content of the files
-    it reads (`PairContext.cache_parts`).
+    it reads (`PairContext.cache_parts`), and by the corpus sample's size and seed.
+
+    Bounded memory: the corpus is a reservoir sample (`context.parallel_sample` pairs,
+    data.load_parallel), segmented and searched `chunk_size` sentence pairs at a time; the words are
+    kept as Arrow arrays (`WordLists`), the raw text is dropped. `on_progress(done, total)` is
+    called at most every PROGRESS_INTERVAL_S seconds and once at the end, in sentence pairs over
+    the phases still to run (segmentation, pair extraction, fast_align's training).
     """
-    pair_source = get_pair_source(source)
+    get_pair_source(source)  # an unknown name fails before any work
     context = context or PairContext()
     data_dir = data_dir if data_dir is not None else context.data_dir
     cache_dir = cache_dir if cache_dir is not None else context.cache_dir
     context = dataclasses.replace(context, data_dir=data_dir, cache_dir=cache_dir)
     subset = subset or Subset()
 
-    lines = load_parallel(corpus, lang, data_dir, cache_dir, subset)
+    lines = load_parallel(corpus, lang, data_dir, cache_dir, subset, context.parallel_sample,
+                          context.parallel_sample_seed)
+    n_lines = len(lines)
     text_hash = corpus_fingerprint(lines)
     segmentation = {"en": segmentation_id("en"), lang: segmentation_id(lang)}
-    base = dict(corpus=corpus, lang=lang, subset=subset.key, text=text_hash, segmentation=segmentation)
+    # The sample's size and seed are in the key through the text hash; named too, for clarity.
+    base = dict(corpus=corpus, lang=lang, subset=subset.key, text=text_hash, segmentation=segmentation,
+                sample=context.parallel_sample, sample_seed=context.parallel_sample_seed)
     folder = resolve_cache_dir(cache_dir) / "pairs"
     stem = f"{corpus}-en-{lang}-{subset.key}"
-
-    en_words, x_words = cached(
-        folder / f"{stem}-segmented-{cache_key(**base)}.parquet",
-        lambda: (segment_corpus([en for en, _ in lines], "en"), segment_corpus([x for _, x in lines], lang)),
-        _save_segmented,
-        _load_segmented,
-    )
+    segmented_path = folder / f"{stem}-segmented-{cache_key(**base)}.parquet"
     pairs_key = cache_key(**base, source=source, settings=context.cache_parts(source, lang),
                           version=PAIRS_FORMAT_VERSION)
+    pairs_path = folder / f"{stem}-{source}-{pairs_key}.parquet"
+    # Work in sentence pairs: one pass per phase still to run (segmentation, pairs; fast_align's
+    # training counts as one more pass).
+    phases = (not segmented_path.is_file()) + (not pairs_path.is_file()) * (2 if source == "fastalign" else 1)
+    progress = _Progress(on_progress, max(phases, 1) * n_lines)
+
+    raw = {"lines": lines}
+    del lines
+
+    def segment_all() -> tuple[WordLists, WordLists]:
+        return segment_chunked(raw["lines"], lang, chunk_size, progress.advance)
+
+    en_words, x_words = cached(segmented_path, segment_all, _save_segmented, _load_segmented)
+    raw.clear()  # the raw text is not needed any more: only the words and the pairs are kept
     pairs = cached(
-        folder / f"{stem}-{source}-{pairs_key}.parquet",
-        lambda: pair_source(en_words, x_words, lang, context),
+        pairs_path,
+        lambda: _pairs_chunked(source, en_words, x_words, lang, context, chunk_size, progress),
         _save_pairs,
         _load_pairs,
     )
+    progress.finish()
     return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs)

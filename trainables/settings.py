@@ -178,6 +178,7 @@ SETTING_RULES: dict[str, Rule] = {
     "train_subset": _optional(POSITIVE),
     "test_subset": _optional(POSITIVE),
     "parallel_subset": _optional(POSITIVE),
+    "parallel_sample": _optional(POSITIVE),
     "subset_mode": one_of("first", "random"),
     "subset_seed": SEED,
     "epochs": POSITIVE,
@@ -252,6 +253,9 @@ class Settings:
     train_subset: int | None = None  # first/random N training examples (None: all)
     test_subset: int | None = None  # per language
     parallel_subset: int | None = None  # sentence pairs per language
+    # Realignment corpora: a seeded reservoir sample of this many sentence pairs a language, taken
+    # before parallel_subset (the reference's 1M for multiUN; None: the whole corpus).
+    parallel_sample: int | None = 1_000_000
     subset_mode: str = "first"  # "first" or "random" (seeded by subset_seed)
     subset_seed: int = 0
 

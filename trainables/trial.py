@@ -7,7 +7,9 @@ Everything resumable lives in one dict, the checkpoint (`state`): which phases a
 metrics, and the live training state of the phase in progress (model, optimizer, scheduler,
 RNG, realignment stream position). `report(metrics, state)` hands progress out; with a state,
 the caller stores it as the checkpoint. Given back that state, `run_trial` continues where it
-stopped: a finished phase is never run again.
+stopped: a finished phase is never run again. A finished trial's last checkpoint is its small
+final state (`final_state`: metrics, no tensors), so no weights outlive it unless asked for
+(`config["model_dir"]`, the sweep's `--keep-models`).
 
 Work shared between trials (word pairs, featurised task data, the pre-trained model's alignment)
 is cached on disk under `cache_dir` (file-locked, atomic), so concurrent trials compute it once.
@@ -15,8 +17,10 @@ is cached on disk under `cache_dir` (file-locked, atomic), so concurrent trials 
 from __future__ import annotations
 
 import functools
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
@@ -41,6 +45,7 @@ from trainables.finetuning import (
     realign_sequentially,
     sequential_realign_steps,
 )
+from trainables.model_files import pretrained_kwargs
 from trainables.models import model_family
 from trainables.pairs import AlignedCorpus, PairContext, extract_pairs, release_encoders
 from trainables.realignment import get_realign_method, input_language
@@ -55,6 +60,11 @@ SOURCE_LANG = "en"
 SOURCE_DEV = f"{SOURCE_LANG}_dev"  # key of the English dev set among the evaluated sets (score/en_dev)
 REPORT_EVERY_STEPS = 25  # training progress reports (loss, step, epoch) between checkpoints
 REALIGN_CHECKPOINT_EVERY = 500  # sequential realignment can be long (XNLI: ~24.5k steps)
+# Pair extraction and alignment measurement report units done of total at most this often: each
+# report is a Tune result (callbacks, loggers, the driver's view), and they can last hours.
+PROGRESS_REPORT_SECONDS = 5.0
+# (what is being done, e.g. "pairs es 3/5"; units done; units total, 0: unknown)
+PhaseProgress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -73,10 +83,37 @@ def new_state(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"version": STATE_VERSION, "config": dict(config), "done": [], "metrics": {}, "starts": 0}
 
 
+# What a finished trial's checkpoint keeps: enough to report its metrics again, no tensors.
+FINAL_STATE_KEYS: tuple[str, ...] = ("version", "config", "done", "metrics", "starts")
+
+
+def final_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint of a finished trial: its done phases, metrics and starts, without the model,
+    optimizer and scheduler state of the last phase (about 12 bytes a parameter). Reported as the
+    last checkpoint, it makes Tune (CheckpointConfig num_to_keep) delete the big one."""
+    return {**{key: state[key] for key in FINAL_STATE_KEYS}, "in_progress": None}
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+    """The fine-tuned model as safetensors (weights only, no optimizer) with its tokenizer, so
+    that `from_pretrained(folder)` loads it. Written beside and renamed into place: a folder that
+    exists is whole."""
+    folder = Path(folder)
+    partial = folder.with_name(f"{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)  # safetensors: the default since transformers 4.35, the only format in 5
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)  # a start that died after saving, then ran again
+    partial.rename(folder)
+    return folder
+
+
 # --- phase: load ---------------------------------------------------------------------------------
 
 
-def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
+def load_inputs(config: Mapping[str, Any], settings: Settings, on_progress: PhaseProgress | None = None) -> TrialInputs:
+    """Task data and word pairs. `on_progress(part, done, total)` follows pair extraction, the
+    long part: `part` names the language ("pairs es 3/5"), done/total are the pair source's units."""
     task = get_task(config["task"])
     tokenizer = load_tokenizer(config["model_source"])
     subset = lambda n: Subset(n, settings.subset_mode, settings.subset_seed)  # noqa: E731
@@ -89,11 +126,14 @@ def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
         test[SOURCE_DEV] = featurize_cached(task, tokenizer, config, settings, "dev", SOURCE_LANG,
                                             subset(settings.test_subset))
     context = PairContext.from_settings(settings)
-    corpora = {
-        lang: extract_pairs(config["corpus"], lang, config["pairs"], subset=subset(settings.parallel_subset),
-                            context=context)
-        for lang in settings.langs
-    }
+    corpora = {}
+    for number, lang in enumerate(settings.langs, start=1):
+        part = f"pairs {lang} {number}/{len(settings.langs)}"
+        if on_progress is not None:
+            on_progress(part, 0, 0)  # the language is known before the pair source counts its units
+        corpora[lang] = extract_pairs(config["corpus"], lang, config["pairs"], subset=subset(settings.parallel_subset),
+                                      context=context,
+                                      on_progress=None if on_progress is None else functools.partial(on_progress, part))
     release_encoders()  # an aligner's encoder (awesome) is not needed past extraction
     return TrialInputs(settings, task, tokenizer, train, test, corpora)
 
@@ -102,7 +142,7 @@ def load_inputs(config: Mapping[str, Any], settings: Settings) -> TrialInputs:
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     """A model's tokenizer, read once per process: XLM-R's takes ~3 s to load, and Ray workers
     (like a plain loop) run trial after trial."""
-    return AutoTokenizer.from_pretrained(source)
+    return AutoTokenizer.from_pretrained(source, **pretrained_kwargs(source))  # a hub id at its pinned revision
 
 
 # Every setting that changes featurised task data (the subset comes as its own argument). Training
@@ -136,16 +176,18 @@ def featurize_cached(
 
 
 def load_model(config: Mapping[str, Any], inputs: TrialInputs) -> PreTrainedModel:
-    model = inputs.task.load_model(config["model_source"])
+    model = inputs.task.load_model(config["model_source"], **pretrained_kwargs(config["model_source"]))
     return model.to(resolve_device(inputs.settings))
 
 
 # --- phase: measure ------------------------------------------------------------------------------
 
 
-def measure(model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
-    """Alignment at every layer, strong and weak, both directions: {kind: {direction: {lang: {layer}}}}."""
-    table = measure_alignment(model, inputs.tokenizer, inputs.corpora, inputs.settings)
+def measure(model: PreTrainedModel, inputs: TrialInputs,
+            on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Alignment at every layer, strong and weak, both directions: {kind: {direction: {lang: {layer}}}}.
+    `on_progress(done, total)`: sentences encoded (`measure_alignment`)."""
+    table = measure_alignment(model, inputs.tokenizer, inputs.corpora, inputs.settings, on_progress=on_progress)
     return alignment_metrics(table)
 
 
@@ -155,17 +197,18 @@ ALIGNMENT_SETTINGS: tuple[str, ...] = ("align_pairs", "align_seed", "align_pooli
                                        "subset_mode", "subset_seed", "precision")
 
 
-def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inputs: TrialInputs) -> dict[str, Any]:
+def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inputs: TrialInputs,
+                         on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The pre-trained model's alignment, shared by all trials of that model (its files' content)
     and evaluation pairs (their content), whatever the task: the task head does not change the
-    encoder's hidden states."""
+    encoder's hidden states. `on_progress` as in `measure` (not called when it is cached)."""
     s = inputs.settings
     key = cache_key(model=model_fingerprint(config["model_source"], MODEL_PARTS), corpus=config["corpus"],
                     pairs=config["pairs"], corpora={lang: c.fingerprint for lang, c in inputs.corpora.items()},
                     settings=settings_parts(s, ALIGNMENT_SETTINGS), device=resolve_device(s).type,
                     version=MEASUREMENT_VERSION)
     path = resolve_cache_dir(s.cache_dir) / "alignment" / f"pretrained-{key}.parquet"
-    table = cached(path, lambda: measure_alignment(model, inputs.tokenizer, inputs.corpora, s),
+    table = cached(path, lambda: measure_alignment(model, inputs.tokenizer, inputs.corpora, s, on_progress=on_progress),
                    lambda value, p: value.to_parquet(p, index=False), pd.read_parquet)
     return alignment_metrics(table)
 
@@ -186,8 +229,34 @@ def scores_and_transfer(model: PreTrainedModel, inputs: TrialInputs) -> dict[str
 # --- the trial -----------------------------------------------------------------------------------
 
 
+class ThrottledProgress:
+    """A long phase's progress, handed to `send(phase, part, done, total)` at most once every
+    `every` seconds of wall time. A new phase, part or total is sent at once: the live view then
+    shows what is being done and of how many units as soon as it is known."""
+
+    def __init__(self, send: Callable[[str, str, int, int], None], every: float = PROGRESS_REPORT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.send, self.every, self.clock = send, every, clock
+        self.last: tuple[str, str, int, int] | None = None
+        self.sent_at = float("-inf")
+
+    def __call__(self, phase: str, part: str, done: int, total: int) -> None:
+        now = self.clock()
+        last = self.last
+        news = last is None or (phase, part, total) != (last[0], last[1], last[3])
+        if news or (done != last[2] and now - self.sent_at >= self.every):
+            self.last, self.sent_at = (phase, part, done, total), now
+            self.send(phase, part, done, total)
+
+    def phase(self, phase: str) -> Callable[[int, int], None]:
+        """The `on_progress(done, total)` of one phase without parts (alignment measurement)."""
+        return lambda done, total: self(phase, "", done, total)
+
+
 def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, report: Reporter) -> dict[str, Any]:
-    """Run (or continue) one trial; returns its final metrics (also the last `report`)."""
+    """Run (or continue) one trial; returns its final metrics (also the last `report`, with
+    `final_state` as its checkpoint). `config["model_dir"]`, if given: where the fine-tuned model
+    is saved (`save_model`); it changes no number."""
     settings = make_settings(config.get("settings", {}), model=config["model"])
     configure_threads(settings)
     method = get_realign_method(config["realign"])
@@ -198,10 +267,11 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
     started = time.monotonic()
 
     def progress_row(phase: str, step: int = 0, epoch: int = 0, loss: float = float("nan"),
-                     total: int = 0) -> dict[str, Any]:
+                     total: int = 0, part: str = "") -> dict[str, Any]:
         # every report has the same progress columns, so Tune's CSV and TensorBoard logs keep them;
-        # `total` (0: unknown) lets the live view show step/total and a trial's own ETA
-        return {"phase": phase, "step": step, "epoch": epoch, "loss": loss, "total": total}
+        # `total` (0: unknown) lets the live view show step/total and a phase's own ETA; `part`
+        # ("": none) what the phase is working on, e.g. "pairs es 3/5" while loading
+        return {"phase": phase, "step": step, "epoch": epoch, "loss": loss, "total": total, "part": part}
 
     def progress(info: Mapping[str, Any]) -> None:
         if info["step"] % REPORT_EVERY_STEPS == 0:
@@ -214,9 +284,22 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
             state.pop("realigned_model", None)
         report(progress_row(phase, phase_state.get("step", 0), phase_state.get("epoch", 0)), state)
 
-    # load (pair extraction, AWESOME included: the live view shows the phase while it lasts)
+    def finish() -> dict[str, Any]:
+        final = {**metrics, **progress_row("done", metrics["finetune_steps"], settings.epochs),
+                 "trial_starts": state["starts"], "seconds_this_start": time.monotonic() - started}
+        report(final, final_state(state))
+        return final
+
+    if "finetuned" in state["done"]:  # restored from its final checkpoint: nothing left to run
+        return finish()
+
+    # pair extraction and alignment measurement: units done of total, rate-limited
+    units = ThrottledProgress(lambda phase, part, done, total: report(
+        progress_row(phase, done, total=total, part=part), None), every=PROGRESS_REPORT_SECONDS)
+
+    # load (pair extraction, AWESOME included: reported language by language, in sentence pairs)
     report(progress_row("load"), None)
-    inputs = load_inputs(config, settings)
+    inputs = load_inputs(config, settings, on_progress=functools.partial(units, "load"))
     seed_everything(seed)
     model = load_model(config, inputs)
     method.prepare_model(model, settings)  # before any checkpoint is loaded into it
@@ -225,7 +308,8 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
     # measure: the pre-trained model
     if "pretrained" not in state["done"]:
         report(progress_row("measure-pretrained"), None)
-        metrics.setdefault("align", {})["pretrained"] = pretrained_alignment(config, model, inputs)
+        metrics.setdefault("align", {})["pretrained"] = pretrained_alignment(
+            config, model, inputs, on_progress=units.phase("measure-pretrained"))
         state["done"].append("pretrained")
         report(progress_row("pretrained"), None)
 
@@ -246,7 +330,7 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
         realign_sequentially(model, realigner, steps, settings, resume, seed=seed, on_step=progress,
                              on_checkpoint=realign_checkpoint, checkpoint_every=REALIGN_CHECKPOINT_EVERY)
         report(progress_row("measure-realigned"), None)
-        metrics["align"]["realigned"] = measure(model, inputs)
+        metrics["align"]["realigned"] = measure(model, inputs, on_progress=units.phase("measure-realigned"))
         state["done"].append("realigned")
         state["realigned_model"] = model.state_dict()
         state["in_progress"] = None
@@ -266,11 +350,10 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
         state["in_progress"] = None
         # measure: the fine-tuned model
         report(progress_row("measure-finetuned"), None)
-        metrics["align"]["finetuned"] = measure(model, inputs)
+        metrics["align"]["finetuned"] = measure(model, inputs, on_progress=units.phase("measure-finetuned"))
         metrics.update(scores_and_transfer(model, inputs))
         state["done"].append("finetuned")
+        if config.get("model_dir"):  # --keep-models: the only copy of the weights that outlives the trial
+            save_model(model, inputs.tokenizer, config["model_dir"])
 
-    final = {**metrics, **progress_row("done", metrics["finetune_steps"], settings.epochs), "trial_starts": state["starts"],
-             "seconds_this_start": time.monotonic() - started}
-    report(final, None)
-    return final
+    return finish()
