@@ -610,8 +610,10 @@ def fastalign_source(en_words: list[list[str]], x_words: list[list[str]], lang: 
 def _load_encoder(name: str, device: str) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModel.from_pretrained(name).to(device).eval()
+    from trainables.model_files import pretrained_kwargs  # a hub id at its pinned revision, as every loader
+
+    tokenizer = AutoTokenizer.from_pretrained(name, **pretrained_kwargs(name))
+    model = AutoModel.from_pretrained(name, **pretrained_kwargs(name)).to(device).eval()
     return tokenizer, model
 
 
