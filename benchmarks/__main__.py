@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--out FILE.json] [--only NAME] [--smoke]`: every speed target, side by side.
+"""`python -m benchmarks [--out FILE.json] [--only NAME] [--smoke]`: every speed and memory target, side by side.
 
 Each benchmark is a ratio measured in this run against a baseline run on the same machine at the
 same time (the machines are shared and noisy: no absolute time is a target). The table
@@ -6,8 +6,9 @@ same time (the machines are shared and noisy: no absolute time is a target). The
 atomically, to --out (default results/benchmarks.json).
 
 Benchmarks (registry BENCHMARKS): finetune (1), alignment (2), shared (3), sweep (4), gpu (5, GPU
-only). `--smoke` runs them all on tiny slices with the toy BERT instead of e5-small: only the
-table's structure means anything then. Inputs: e5-small at $E5_SMALL_PATH (default
+only), corpus_memory (6: peak memory of pair extraction, an absolute target; `--corpus-lines N`,
+default 1,000,000). `--smoke` runs them all on tiny slices with the toy BERT instead of e5-small
+(and 500 lines of the toy corpus for 6): only the table's structure means anything then. Inputs: e5-small at $E5_SMALL_PATH (default
 ~/.cache/offline-models/multilingual-e5-small), data at $SWEEP_DATA_DIR (default ../shared/data).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import difflib
+import functools
 import os
 import shutil
 import sys
@@ -46,8 +48,15 @@ DEFAULT_THREADS = 1
 TABLE_WIDTH = 150  # characters; wider terminals use their width
 
 
-def _registry() -> dict[str, Callable[[Context], Section]]:
-    from benchmarks import alignment_speed, finetune_throughput, gpu_throughput, shared_work, sweep_overhead
+def _registry(corpus_lines: int | None = None) -> dict[str, Callable[[Context], Section]]:
+    from benchmarks import (
+        alignment_speed,
+        corpus_memory,
+        finetune_throughput,
+        gpu_throughput,
+        shared_work,
+        sweep_overhead,
+    )
 
     return {
         finetune_throughput.NAME: finetune_throughput.run,
@@ -55,10 +64,11 @@ def _registry() -> dict[str, Callable[[Context], Section]]:
         shared_work.NAME: shared_work.run,
         sweep_overhead.NAME: sweep_overhead.run,
         gpu_throughput.NAME: gpu_throughput.run,
+        corpus_memory.NAME: functools.partial(corpus_memory.run, lines=corpus_lines),
     }
 
 
-BENCHMARK_NAMES = ("finetune", "alignment", "shared", "sweep", "gpu")
+BENCHMARK_NAMES = ("finetune", "alignment", "shared", "sweep", "gpu", "corpus_memory")
 
 
 def select(names: Sequence[str]) -> list[str]:
@@ -81,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"torch threads of benchmarks 1-3, ours and baselines alike (default {DEFAULT_THREADS});"
                              " benchmark 4 sets its own (engine 1 per trial, loop 2)")
     parser.add_argument("--keep-work-dir", action="store_true", help="keep the scratch folder (caches, sweeps)")
+    parser.add_argument("--corpus-lines", type=int, default=None, metavar="N",
+                        help="sentence pairs of benchmark 6's synthetic corpus (default 1,000,000; --smoke: 500)")
     return parser
 
 
@@ -121,8 +133,8 @@ def smoke_model(context: Context) -> Context:
     return dataclasses.replace(context, model_path=model_dir, data_dir=data_dir, corpus=TOY_CORPUS)
 
 
-def run_benchmarks(names: Sequence[str], context: Context) -> list[Section]:
-    registry = _registry()
+def run_benchmarks(names: Sequence[str], context: Context, corpus_lines: int | None = None) -> list[Section]:
+    registry = _registry(corpus_lines)
     sections = []
     for name in names:
         started = time.perf_counter()
@@ -166,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.corpus_lines is not None and args.corpus_lines < 1:
+        print(f"error: --corpus-lines {args.corpus_lines}: must be >= 1", file=sys.stderr)
+        return 2
     # Everything is local: never wait on a hub.
     os.environ.setdefault("SWEEP_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -188,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)
             return 2
-        sections = run_benchmarks(names, context)
+        sections = run_benchmarks(names, context, args.corpus_lines)
         mode = "smoke" if args.smoke else "full"
         document = results_document(sections, context, started, load_before, mode)
         write_json_atomic(document, args.out)

@@ -18,7 +18,8 @@ marker's `current` map, which is what the analysis of the folder reads.
 The folder may be wherever Ray Tune can keep a run (`RunConfig(storage_path=...)`): a local or
 network path, or any URI pyarrow opens (`s3://`, `gs://`, `hdfs://`, `file://`). Every function
 here takes a `Path` or a `Location` (a path on a `pyarrow.fs` filesystem, `location(...)` makes
-one from either), and reads and writes through the filesystem, as Tune does.
+one from either), and reads and writes through the filesystem, as Tune does. The trials write
+their own records (`sweep.trainable`) through the same filesystem, from whichever node runs them.
 """
 from __future__ import annotations
 
@@ -142,6 +143,11 @@ class Location:
 
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         self.atomic_save(text, lambda value, path: path.write_text(value, encoding=encoding))
+
+    def upload(self, folder: Path) -> None:
+        """Copy a local folder here, whole (`pyarrow.fs.copy_files`, as Tune persists checkpoints)."""
+        self.mkdir()
+        pafs.copy_files(str(folder), self.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
 
     def atomic_save(self, value: T, save: Callable[[T, Path], None]) -> bool:
         """Write `value` with `save` (which writes a local file) and put the result here atomically."""

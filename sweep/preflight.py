@@ -9,13 +9,17 @@ so that a bad line fails here rather than in hundreds of trials. Hub model ids (
 (`trainables.model_files.hub_model_problems`): a typo is one line here, with "did you mean",
 instead of a failure inside every trial; offline they are skipped with a note. Nothing is cached
 on disk.
+
+These checks run on the driver, before Ray starts, so they see this machine only. FastAlign (a
+package or two programs, per machine) is the one need that can differ between the nodes of a
+cluster: `fastalign_node_problems` asks every node of a running Ray, one pinned task each.
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Any, Iterable
 
 from sweep.experiment import Experiment
 from trainables.settings import make_settings
@@ -60,6 +64,43 @@ def hub_problems(hub_models: dict[str, str], notes: IO[str] | None = None, api: 
     return hub_model_problems(hub_models, api=api)
 
 
+FASTALIGN_DRIVER_NOTE = "checked on this machine (the driver) only, before Ray starts"
+NODE_CHECK_TIMEOUT_S = 120.0  # a node sets up the job's runtime environment before its first task
+
+
+def fastalign_missing_here() -> str | None:
+    """Why the `fastalign` pair source cannot run on this machine (one line), or None."""
+    from trainables.pairs import fastalign_backend
+
+    try:  # systran-align, or the fast_align and atools programs on PATH
+        fastalign_backend()
+    except ValueError as error:  # TrialInputError
+        return _one_line(error)
+    return None
+
+
+def fastalign_node_problems(nodes: list[dict[str, Any]], timeout: float = NODE_CHECK_TIMEOUT_S) -> list[str]:
+    """One line per node of the running Ray (`ray.nodes()` entries) where the `fastalign` pair
+    source cannot run: `fastalign_missing_here` in one task pinned to each node
+    (NodeAffinitySchedulingStrategy, not soft), so a compute node without fast_align is found
+    before its trials fail there. A node that does not answer within `timeout` is one line too."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(fastalign_missing_here)
+    asked = {f"node {node.get('NodeManagerAddress', '?')} ({str(node['NodeID'])[:8]})": probe.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+        for node in nodes}
+    ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=timeout)
+    answered = set(ready)
+    problems = []
+    for name, ref in asked.items():
+        reason = ray.get(ref) if ref in answered else f"fast_align not checked: no answer within {timeout:g} s"
+        if reason is not None:
+            problems.append(f"{name}: {reason}")
+    return problems
+
+
 def preflight_problems(experiment: Experiment) -> list[str]:
     from trainables.data import describe_missing, describe_unreadable
 
@@ -79,26 +120,26 @@ def preflight_problems(experiment: Experiment) -> list[str]:
         except ValueError as error:
             problems.append(f"model {trial.model!r}: {_one_line(error)}")
             continue
-        needs.add(("task", trial.task, settings.langs, settings.data_dir))
-        needs.add(("parallel", trial.corpus, settings.langs, settings.data_dir))
-        if trial.pairs == "dico":
-            needs.add(("dictionary", "muse", settings.langs, settings.data_dir))
+        needs.add(("task", trial.task, settings.langs, settings.data_dir, None))
+        needs.add(("parallel", trial.corpus, settings.langs, settings.data_dir, None))
+        if trial.pairs == "dico":  # only the MUSE files the setting reads (en-X alone for "en-x-copy")
+            needs.add(("dictionary", "muse", settings.langs, settings.data_dir, settings.muse_reverse_file))
         if trial.pairs == "awesome":
             sources = folders if looks_like_local_path(settings.awesome_model) else hub_models
             sources.setdefault(settings.awesome_model, "setting awesome_model")
     if any(trial.pairs == "fastalign" for trial in experiment.trials):
-        from trainables.pairs import fastalign_backend
-
-        try:  # systran-align, or the fast_align and atools programs on PATH
-            fastalign_backend()
-        except ValueError as error:
-            problems.append(_one_line(error))
+        # On a cluster the trials run on other nodes: `fastalign_node_problems` checks those once
+        # Ray is up; this line only says what this machine lacks.
+        reason = fastalign_missing_here()
+        if reason is not None:
+            problems.append(f"{reason} ({FASTALIGN_DRIVER_NOTE})")
     problems.extend(model_folder_problems(folders))
     problems.extend(hub_problems(hub_models))
     already_read: set[Path] = set()  # a file several needs share is read once
-    for kind, name, langs, data_dir in sorted(needs, key=str):
-        problems.extend(describe_missing(kind, name, langs, data_dir))
-        problems.extend(describe_unreadable(kind, name, langs, data_dir, already_read))
+    for kind, name, langs, data_dir, reverse_file in sorted(needs, key=str):
+        options = {} if reverse_file is None else {"muse_reverse_file": reverse_file}
+        problems.extend(describe_missing(kind, name, langs, data_dir, **options))
+        problems.extend(describe_unreadable(kind, name, langs, data_dir, already_read, **options))
     return _unique(problems)
 
 

@@ -2,10 +2,12 @@
 ones as one more batch (see sweep.ledger for the experiment folder), report.
 
 The storage is whatever Tune takes (`RunConfig(storage_path=..., storage_filesystem=...)`): a
-local or network path, or a URI pyarrow opens (s3://, gs://, ...). Since Ray 2.7 Tune no longer
-syncs trial folders to the head node, so on a cluster of several nodes a local path works only
-where every node sees the same folder (`check_shared_storage`), and the shared cache, which
-trials read as plain files, needs such a folder too (`cache_folder`).
+local or network path, or a URI pyarrow opens (s3://, gs://, ...), or a `sweep.ledger.Location`
+on any pyarrow filesystem; the run folder, Tune's checkpoints and the trials' own records all
+live there. Since Ray 2.7 Tune no longer syncs trial folders to the head node, so on a cluster
+of several nodes a local path works only where every node sees the same folder
+(`check_shared_storage`), and the shared cache, which trials read as plain files, needs such a
+folder too (`cache_folder`).
 """
 from __future__ import annotations
 
@@ -70,9 +72,6 @@ NETWORK_FILESYSTEMS = frozenset({
 })
 MOUNTS_FILE = Path("/proc/mounts")
 SHARED_CHECK_TIMEOUT_S = 120.0  # a node sets up the job's runtime environment before its first task
-# Until the trial adapter (sweep.trainable) writes its records through pyarrow.fs, a storage that is
-# not a local or network-mounted path would get them beside each worker's working directory.
-TRIAL_RECORDS_ON_ANY_FILESYSTEM = False
 
 
 def git_commit() -> str:
@@ -166,8 +165,11 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
     elif address:
         check_address(address)
         try:
+            # log_to_driver=False as for a local Ray: the trials' output stays in their logs on
+            # the nodes, and the driver's live view or plain log is not interleaved with it.
             context = ray.init(address=address, runtime_env={"working_dir": str(PROJECT_ROOT),
-                                                             "excludes": RUNTIME_ENV_EXCLUDES})
+                                                             "excludes": RUNTIME_ENV_EXCLUDES},
+                               log_to_driver=False)
         except ConnectionError as error:
             raise ExperimentError(f"--address {address}: {str(error).splitlines()[0]}") from None
     else:
@@ -413,11 +415,7 @@ def run_sweep(
     as plain lines) instead of Tune's output; `on_finished(n)` after each of this run's trials
     finishes, n counting them."""
     check_run_name(name)
-    root = location(storage)
-    if root.local is None and not TRIAL_RECORDS_ON_ANY_FILESYSTEM:
-        raise ExperimentError(f"--storage {root}: the trials write their records (sweep-final.json, ...) as local "
-                              f"files, which {root.fs.type_name} storage is not yet open to: use a path every node "
-                              "mounts (NFS)")
+    root = location(storage)  # the trials write their records through its filesystem too (sweep.trainable)
     run_dir: Path | Location = root.local / name if root.local is not None else root / name
     configs = {config["key"]: config for config in trial_configs(experiment, root)}  # a cache error: before any write
     prepare_run_folder(run_dir, experiment, fresh)

@@ -4,9 +4,11 @@ The whole resumable state of a trial is one dict (the trial's checkpoint); here 
 `state.pt` in a Tune checkpoint folder. Tune restores the latest one after a failure
 (`FailureConfig`) or when the driver resumes the experiment.
 
-Beside Tune's files, each trial folder holds three small records of ours, written by the trial
+Beside Tune's files, each trial folder holds small records of ours, written by the trial
 itself (atomically) because Tune's own view of a trial reaches disk only when the driver syncs
-its experiment state, which a killed driver never does:
+its experiment state, which a killed driver never does. They are written and read through the
+run's storage filesystem (a `sweep.ledger.Location`: a local or network path, or an object store
+such as s3:// or gs://), the one Tune keeps its checkpoints on, so any node can read them:
 
 - `sweep-starts.txt`: how many times the trial started, from scratch or from a checkpoint
   (a checkpoint cannot count the starts that died before their first checkpoint);
@@ -24,19 +26,20 @@ its experiment state, which a killed driver never does:
 Disk: a finished trial's last checkpoint is its small final state (`trainables.trial.final_state`),
 so Tune, keeping only the newest checkpoint, deletes the weights and optimizer state. With
 `--keep-models` (the trial config's `keep_models`) the fine-tuned model is saved in the trial
-folder, `model/` (safetensors and the tokenizer, loadable with `from_pretrained`).
+folder, `model/` (safetensors and the tokenizer, loadable with `from_pretrained`); on a storage
+that is not a local path it is saved in a local folder first and uploaded before the final record.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import AbstractSet, Any, Callable, Mapping
 
 from ray import tune
 
-from sweep.ledger import FINAL_FILE, SKIPPED_FILE, read_json, write_json
-from trainables.cache import atomic_save
+from sweep.ledger import FINAL_FILE, SKIPPED_FILE, Location, Where, location, read_json, write_json
 from trainables.errors import is_deterministic
 
 STATE_FILE = "state.pt"
@@ -56,13 +59,14 @@ class RecordedFailure(ValueError):
 # --- records in the trial folder ---------------------------------------------------------------
 
 
-def count_start(trial_dir: Path) -> int:
+def count_start(trial_dir: Where) -> int:
     """Add one start to the trial's count and return the new count."""
+    record = location(trial_dir) / STARTS_FILE
     try:
-        starts = int((trial_dir / STARTS_FILE).read_text()) + 1
+        starts = int(record.read_text()) + 1
     except (OSError, ValueError):
         starts = 1
-    atomic_save(starts, trial_dir / STARTS_FILE, lambda v, p: p.write_text(str(v)))
+    record.write_text(str(starts))
     return starts
 
 
@@ -76,16 +80,18 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {last_line(str(error))}".rstrip(": ")
 
 
-def failure_reason(trial_dir: Path, error: BaseException | None = None) -> str:
+def failure_reason(trial_dir: Where, error: BaseException | None = None) -> str:
     """A failed trial's one-line reason: the trial's own record when it raised, else the last line
-    of the error Tune saw (a worker that died raised nothing)."""
-    record = read_json(Path(trial_dir) / FAILURE_FILE)
+    of the error Tune saw (a worker that died raised nothing). `trial_dir`: a local path, or a
+    `Location` on the run's storage filesystem."""
+    folder = location(trial_dir)
+    record = read_json(folder / FAILURE_FILE)
     if isinstance(record, dict) and record.get("reason"):
         return str(record["reason"])
     if error is not None:  # a remote error's text is its traceback: the last line is the exception
         return last_line(str(error)) or type(error).__name__
     try:
-        return last_line((Path(trial_dir) / TUNE_ERROR_FILE).read_text()) or "failed"
+        return last_line((folder / TUNE_ERROR_FILE).read_text()) or "failed"
     except OSError:
         return "failed (no error recorded)"
 
@@ -115,14 +121,15 @@ def report_to_tune(metrics: Mapping[str, Any], state: Mapping[str, Any] | None =
         tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: str,
+def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Where, driver_run: str,
                       wanted: AbstractSet[str] | Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """One trial in a Tune worker; `trial_dir` is its folder in the run, `driver_run` names the
-    driver run that scheduled it (a deterministic failure is not retried within one); `wanted`,
-    when given, are the content keys the experiment has now: any other trial stops unstarted.
-    Given as this driver run's trial configs by key, their run options (`keep_models`) apply to
-    a trial restored from an earlier run too: they are not part of its identity."""
-    trial_dir = Path(trial_dir)
+    """One trial in a Tune worker; `trial_dir` is its folder in the run (a local path or a
+    `Location` on the storage filesystem), `driver_run` names the driver run that scheduled it (a
+    deterministic failure is not retried within one); `wanted`, when given, are the content keys
+    the experiment has now: any other trial stops unstarted. Given as this driver run's trial
+    configs by key, their run options (`keep_models`) apply to a trial restored from an earlier
+    run too: they are not part of its identity."""
+    trial_dir = location(trial_dir)
     final = read_json(trial_dir / FINAL_FILE)
     if isinstance(final, dict):
         tune.report(final)  # finished before the driver recorded it: the same result, nothing rerun
@@ -144,8 +151,13 @@ def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: st
     from trainables.trial import run_trial
 
     trial_config = dict(config["trial"])
+    staging = None  # a local folder the model is saved in before it goes to a remote storage
     if keeps_model(trial_config, wanted):
-        trial_config["model_dir"] = str(trial_dir / MODEL_FOLDER)
+        if trial_dir.local is not None:
+            trial_config["model_dir"] = str(trial_dir.local / MODEL_FOLDER)
+        else:  # save_model writes local files (transformers' save_pretrained)
+            staging = Path(tempfile.mkdtemp(prefix="sweep-model-"))
+            trial_config["model_dir"] = str(staging / MODEL_FOLDER)
     cpus = trial_config.get("resources", {}).get("CPU")
     if cpus:  # one trial per CPU share: don't let torch oversubscribe the node's cores
         torch.set_num_threads(max(1, int(cpus)))
@@ -153,6 +165,8 @@ def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: st
 
     def report(metrics: Mapping[str, Any], checkpoint_state: Mapping[str, Any] | None = None) -> None:
         if metrics.get("phase") == "done":  # the final result: recorded before Tune hears of it
+            if staging is not None and (staging / MODEL_FOLDER).is_dir():  # whole before the trial counts as done
+                (trial_dir / MODEL_FOLDER).upload(staging / MODEL_FOLDER)
             metrics = {**metrics, "trial_starts": starts}
             write_json(trial_dir / FINAL_FILE, dict(metrics))
         report_to_tune(metrics, checkpoint_state)
@@ -167,6 +181,8 @@ def run_trial_in_tune(config: Mapping[str, Any], trial_dir: Path, driver_run: st
                                               "deterministic": is_deterministic(error), "driver_run": driver_run})
         raise
     finally:  # the worker process runs the next trial: don't let it hold this one's peak memory
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         return_freed_memory()
 
 
@@ -206,18 +222,21 @@ def trial_resources(gpus_available: bool) -> Callable[[Mapping[str, Any]], tune.
     return request
 
 
-def make_trainable(gpus_available: bool, run_dir: Path, driver_run: str,
+def make_trainable(gpus_available: bool, run_dir: Path | Location, driver_run: str,
                    wanted: AbstractSet[str] | Mapping[str, Mapping[str, Any]] | None = None) -> Any:
     """The trainable of one driver run. Each trial's folder is `run_dir/<trial name>` (the runner
-    names folders after trials; `run_dir` is the batch's Tune run); the storage must be shared by
-    every node, as Tune requires for its checkpoints. `wanted`: see `run_trial_in_tune`."""
-    run_dir_text = str(run_dir)
+    names folders after trials; `run_dir` is the batch's Tune run, the `storage_path` /
+    `storage_filesystem` the runner gives Tune); the storage must be shared by every node, as
+    Tune requires for its checkpoints. `wanted`: see `run_trial_in_tune`."""
+    # The filesystem travels to the workers with the trainable, as Tune's own storage context
+    # carries `storage_filesystem` to them (ray/train/_internal/storage.py, StorageContext).
+    batch = location(run_dir)
     if isinstance(wanted, Mapping):  # only the run options travel to the workers, not whole configs
         wanted = {key: {"keep_models": bool(c.get("keep_models", False))} for key, c in wanted.items()}
     elif wanted is not None:
         wanted = frozenset(wanted)
 
     def sweep_trial(config: Mapping[str, Any]) -> None:
-        run_trial_in_tune(config, Path(run_dir_text) / tune.get_context().get_trial_name(), driver_run, wanted)
+        run_trial_in_tune(config, batch / tune.get_context().get_trial_name(), driver_run, wanted)
 
     return tune.with_resources(sweep_trial, trial_resources(gpus_available))

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.__main__ import BENCHMARK_NAMES, TABLE_COLUMNS, main, select
 from benchmarks.alignment_speed import per_query_loop_accuracy
+from benchmarks.corpus_memory import TARGET_LINES, rows as corpus_memory_rows, write_corpus
 from benchmarks.sweep_overhead import overhead_breakdown
 
 ROW_KEYS = {"benchmark", "ours", "baseline", "ratio", "target", "passed", "note"}
@@ -60,6 +61,16 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path, capsys):
     assert len(sweep["engine"]["trial_timings"]) == sweep["trials"]
     assert set(sweep["engine"]["breakdown"]["per_trial"]) == {
         "process_start_and_scheduling", "imports", "checkpointing", "result_sync", "unaccounted"}
+    # benchmark 6 measured both pair sources on a small corpus: information rows, no verdict
+    memory = by_section["corpus_memory"]
+    assert memory["status"] == "ok", memory["status"]
+    assert [row["passed"] for row in memory["rows"]] == [None, None]
+    for source, row in zip(("dico", "fastalign"), memory["rows"]):
+        result = memory["details"]["sources"][source]
+        assert row["benchmark"].startswith(f"6. corpus memory: {source}, ")
+        if "skipped" not in result:
+            assert result["sentences"] == memory["details"]["lines"] and result["pairs"] > 0
+            assert 0 < result["peak_bytes"] < 4 * 1024**3 and row["ours"].endswith(" GB")
     # the second trial of the shared-work benchmark found its shared work in the cache
     shared = by_section["shared"]["details"]
     assert shared["second"]["phases"]["pretrained_alignment"] < shared["first"]["phases"]["pretrained_alignment"]
@@ -150,3 +161,57 @@ def test_paper_configs_and_full_grid_estimate():
     assert set(hours["experiment 1"]["by_model"]) == set(expected)
     assert set(hours["experiment 2"]["by_model"]) == set(expected)  # NLI baselines of all four
     assert 0 < hours["experiment 1"]["total"] < hours["experiment 2"]["total"]
+
+
+def test_corpus_memory_rows_judge_the_larger_peak_and_only_at_the_target_size():
+    gib = 1024**3
+    result = dict(seconds=12.0, sentences=10, pairs=20)
+    results = {
+        "dico": {**result, "peak_bytes": 3 * gib, "children_peak_bytes": 0},
+        "fastalign": {**result, "peak_bytes": 1 * gib, "children_peak_bytes": 5 * gib},  # fast_align's child
+    }
+    at_target = corpus_memory_rows(results, TARGET_LINES)
+    assert [(row.ours, row.passed) for row in at_target] == [("3.00 GB", True), ("5.00 GB", False)]
+    assert at_target[0].benchmark == "6. corpus memory: dico, 1,000,000 lines"
+    assert all(row.target == "< 4 GB at 1M lines" for row in at_target)
+    smaller = corpus_memory_rows(results, 100_000)
+    assert [row.passed for row in smaller] == [None, None] and "1,000,000" in smaller[1].note
+    skipped = corpus_memory_rows({"fastalign": {"skipped": "pair source 'fastalign' needs fast_align"}}, TARGET_LINES)
+    assert (skipped[0].ours, skipped[0].passed, skipped[0].note) == ("skipped", None,
+                                                                     "pair source 'fastalign' needs fast_align")
+
+
+def test_corpus_memory_corpus_repeats_the_source_lines_aligned_and_numbered(tmp_path):
+    source = tmp_path / "source"
+    (source / "parallel" / "ntrex").mkdir(parents=True)
+    (source / "parallel" / "ntrex" / "en-es.en").write_text("a\nb\nc\n", encoding="utf-8")
+    (source / "parallel" / "ntrex" / "en-es.es").write_text("A\nB\nC\n", encoding="utf-8")
+    (source / "muse").mkdir()
+    (source / "muse" / "en-es.txt").write_text("a A\n", encoding="utf-8")
+    out = tmp_path / "out"
+    write_corpus(out, source, 7)
+    en = (out / "parallel" / "synthetic" / "en-es.en").read_text(encoding="utf-8").splitlines()
+    es = (out / "parallel" / "synthetic" / "en-es.es").read_text(encoding="utf-8").splitlines()
+    # 7 lines: two shuffled rounds of the 3 source lines, then one more; line i ends with " i"
+    assert len(en) == len(es) == 7
+    assert [line.split()[1] for line in en] == [str(i) for i in range(7)] == [line.split()[1] for line in es]
+    assert all(e.split()[0].upper() == x.split()[0] for e, x in zip(en, es))
+    assert sorted(line.split()[0] for line in en[:3]) == sorted(line.split()[0] for line in en[3:6]) == ["a", "b", "c"]
+    assert (out / "muse" / "en-es.txt").read_text(encoding="utf-8") == "a A\n"
+    with pytest.raises(ValueError, match="--lines 0"):
+        write_corpus(out, source, 0)
+    (source / "parallel" / "ntrex" / "en-es.es").write_text("A\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="3 English lines, 1 es lines"):
+        write_corpus(out, source, 2)
+
+
+def test_corpus_memory_command_refuses_bad_arguments_in_one_line(capsys):
+    from benchmarks.corpus_memory import main as corpus_memory_main
+
+    for arguments, expected in ((["--lines", "0"], "'0': a whole number >= 1"),
+                                (["--sources", "dico,awsome"], "comma-separated subset of dico,fastalign")):
+        with pytest.raises(SystemExit) as exit_info:
+            corpus_memory_main(arguments)
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+    assert main(["--corpus-lines", "0", "--only", "corpus_memory"]) == 2
+    assert "--corpus-lines 0: must be >= 1" in capsys.readouterr().err

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -355,6 +357,221 @@ def test_an_entry_pruned_between_the_check_and_the_read_is_computed_again(tmp_pa
 
     assert cache_module.cached(target, lambda: "recomputed", write_text, vanished) == "recomputed"
     assert target.read_text() == "recomputed"
+
+
+# --- computing an entry once for the cluster: claims ---------------------------------------------
+
+# A trial process: imports the cache, says it is ready, waits for the start signal (so that all
+# miss the entry together), then asks for it. Its computation logs its pid first.
+CLAIM_WORKER = r"""
+import os, sys, time
+from pathlib import Path
+from trainables import cache
+
+target, log, ready, go, mode = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+cache.CLAIM_POLL_MAX_S = 0.1
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+
+def compute():
+    with open(log, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    time.sleep(60 if mode == "hang" else 1)
+    if mode == "raise":
+        raise RuntimeError("boom")
+    return f"value of {os.getpid()}"
+
+print(cache.cached(target, compute, lambda v, p: p.write_text(v), Path.read_text), flush=True)
+"""
+
+
+class Trials:
+    """Real processes calling `cached` on one entry (fixture `trials`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.target = folder / "cache" / "pairs" / "x-0123456789abcdef.parquet"
+        self.claim = self.target.with_name(self.target.name + cache_module.CLAIM_SUFFIX)
+        self.log = folder / "computed.log"
+        self.script = folder / "worker.py"
+        self.script.write_text(CLAIM_WORKER)
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, n: int = 1, mode: str = "ok") -> list[subprocess.Popen]:
+        """`n` processes that miss the entry at the same moment."""
+        go = self.folder / f"go-{len(self.started)}"
+        ready = [self.folder / f"ready-{len(self.started) + i}" for i in range(n)]
+        workers = [subprocess.Popen([sys.executable, str(self.script), str(self.target), str(self.log), str(r),
+                                     str(go), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)}) for r in ready]
+        self.started += workers
+        wait_until(lambda: all(r.exists() for r in ready), "workers ready")
+        go.touch()
+        return workers
+
+    def computed(self) -> list[int]:
+        return [int(line) for line in self.log.read_text().split()] if self.log.exists() else []
+
+    def leftovers(self) -> list[str]:
+        return sorted(p.name for p in self.target.parent.iterdir() if p != self.target)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def finish(worker: subprocess.Popen) -> str:
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    return out.strip()
+
+
+@pytest.fixture
+def trials(tmp_path):
+    made = Trials(tmp_path)
+    yield made
+    for worker in made.started:  # a failed assertion leaves no process behind
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+
+def foreign_claim(host: str = "node-7", pid: int = 4242) -> str:
+    return cache_module.Claim(host, pid, time.time(), "f" * 32).to_json()
+
+
+def test_processes_that_miss_together_compute_once_and_all_get_the_value(trials):
+    workers = trials.start(4)
+    values = [finish(worker) for worker in workers]
+    (holder,) = trials.computed()  # one computation, not one per process
+    assert values == [f"value of {holder}"] * 4 and trials.target.read_text() == values[0]
+    assert trials.leftovers() == []  # the claim and every temporary are gone
+
+
+def test_a_holder_killed_mid_computation_is_taken_over_by_a_waiter(trials):
+    (holder,) = trials.start(mode="hang")
+    wait_until(lambda: trials.computed() == [holder.pid], "the holder's computation")
+    (waiter,) = trials.start()
+    time.sleep(0.5)  # the waiter finds a live holder and waits
+    assert waiter.poll() is None and trials.computed() == [holder.pid]
+    holder.kill()  # SIGKILL: no clean-up; same host, dead pid
+    holder.wait()
+    assert finish(waiter) == f"value of {waiter.pid}"
+    assert trials.computed() == [holder.pid, waiter.pid] and trials.leftovers() == []
+
+
+def test_a_holder_whose_computation_fails_removes_its_claim_and_a_waiter_computes(trials):
+    (holder,) = trials.start(mode="raise")
+    wait_until(lambda: trials.computed() == [holder.pid], "the holder's computation")
+    (waiter,) = trials.start()
+    _, err = holder.communicate(timeout=60)
+    assert holder.returncode != 0 and "RuntimeError: boom" in err
+    assert finish(waiter) == f"value of {waiter.pid}"
+    assert trials.computed() == [holder.pid, waiter.pid] and trials.leftovers() == []
+
+
+def test_a_claim_of_another_host_not_refreshed_is_taken_over_by_exactly_one_process(trials):
+    trials.claim.parent.mkdir(parents=True)
+    trials.claim.write_text(foreign_claim())
+    old = time.time() - cache_module.CLAIM_STALE_S - 60  # its node died minutes ago
+    os.utime(trials.claim, (old, old))
+    values = [finish(worker) for worker in trials.start(3)]  # all three judge it stale at once
+    (holder,) = trials.computed()
+    assert values == [f"value of {holder}"] * 3 and trials.leftovers() == []
+
+
+def test_a_live_claim_of_another_host_is_waited_for_and_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "CLAIM_POLL_MAX_S", 0.05)
+    target = tmp_path / "entry.txt"
+    claim = tmp_path / "entry.txt.claim"
+    claim.write_text(theirs := foreign_claim())  # another host's pid: never probed here
+    waits: list[tuple[str, float]] = []
+
+    def other_host_publishes(holder, waited_s: float) -> None:
+        waits.append((holder.host, waited_s))
+        if len(waits) == 3:
+            cache_module.atomic_save("theirs", target, write_text, overwrite=False)
+
+    value = cache_module.cached(target, lambda: pytest.fail("the holder computes it"), write_text, Path.read_text,
+                                other_host_publishes)
+    assert value == "theirs" and [host for host, _ in waits] == ["node-7"] * 3
+    assert waits[0][1] <= waits[1][1] <= waits[2][1]
+    assert claim.read_text() == theirs  # not ours: never removed
+
+
+def test_the_holder_refreshes_its_claim_and_removes_only_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "CLAIM_HEARTBEAT_S", 0.02)
+    target, claim = tmp_path / "entry.txt", tmp_path / "entry.txt.claim"
+    seen: dict[str, object] = {}
+
+    def compute() -> str:
+        seen["holder"] = cache_module.Claim.parse(claim.read_text())
+        old = time.time() - 1000
+        os.utime(claim, (old, old))
+        wait_until(lambda: claim.stat().st_mtime > old + 500, "a heartbeat", timeout_s=10)
+        return "mine"
+
+    assert cache_module.cached(target, compute, write_text, Path.read_text) == "mine"
+    holder = seen["holder"]
+    assert (holder.host, holder.pid) == (socket.gethostname(), os.getpid()) and not claim.exists()
+
+    other_claim = tmp_path / "other.txt.claim"
+
+    def taken_over_meanwhile() -> str:  # e.g. after a stall longer than CLAIM_STALE_S
+        other_claim.write_text(foreign_claim())
+        return "mine"
+
+    assert cache_module.cached(tmp_path / "other.txt", taken_over_meanwhile, write_text, Path.read_text) == "mine"
+    assert cache_module.Claim.parse(other_claim.read_text()).host == "node-7"  # the new holder's: kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.txt", "other.txt", "other.txt.claim"]
+
+
+def test_a_claim_that_races_a_take_over_is_restored(tmp_path):
+    claim = tmp_path / "entry.txt.claim"
+    claim.write_text(foreign_claim())
+    judged = os.stat(claim)
+    claim.unlink()  # another waiter took the stale claim over...
+    claim.write_text(cache_module._new_claim().to_json())  # ...and claimed the entry anew
+    os.utime(claim, ns=(judged.st_atime_ns, judged.st_mtime_ns + 1))
+    live = claim.read_text()
+    assert cache_module._take_over(claim, judged) is True
+    assert claim.read_text() == live and [p.name for p in tmp_path.iterdir()] == ["entry.txt.claim"]
+    assert cache_module._take_over(claim, os.stat(claim)) is True  # the one judged: removed
+    assert list(tmp_path.iterdir()) == []
+    assert cache_module._take_over(claim, judged) is False  # another waiter was first: nothing moved
+
+
+def test_claims_of_this_host_are_stale_when_their_process_is_gone(tmp_path):
+    here = socket.gethostname()
+    fresh = os.stat(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    assert not cache_module._is_stale(cache_module.Claim(here, os.getpid(), 0, "t"), fresh)
+    assert cache_module._is_stale(cache_module.Claim(here, int(dead.stdout), 0, "t"), fresh)
+    assert not cache_module._is_stale(cache_module.Claim("node-7", int(dead.stdout), 0, "t"), fresh)
+    assert not cache_module._is_stale(None, fresh)  # a claim still being written
+    old = time.time() - cache_module.CLAIM_STALE_S - 1
+    os.utime(tmp_path, (old, old))
+    assert cache_module._is_stale(cache_module.Claim(here, os.getpid(), 0, "t"), os.stat(tmp_path))  # pid recycled
+    assert cache_module.Claim.parse('{"host": "a"') is None and cache_module.Claim.parse("[]") is None
+
+
+def test_where_no_hard_links_exist_an_exclusive_create_claims(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")  # e.g. an SMB mount
+
+    monkeypatch.setattr(cache_module.os, "link", no_links)
+    claim = tmp_path / "entry.txt.claim"
+    mine = cache_module._try_claim(claim)
+    assert mine is not None and cache_module._read_claim(claim)[0] == mine
+    assert cache_module._try_claim(claim) is None
+    cache_module._release(claim, mine)
+    assert cache_module.cached(tmp_path / "entry.txt", lambda: "v", write_text, Path.read_text) == "v"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.txt"]
 
 
 def run_command(args: list[str], capsys) -> tuple[int, str, str]:

@@ -34,6 +34,7 @@ from sweep.experiment import build_experiment  # noqa: E402
 from sweep.ledger import FINAL_FILE  # noqa: E402
 from sweep.runner import CACHE_FOLDER, run_sweep, start_ray  # noqa: E402
 from sweep.trainable import STARTS_FILE  # noqa: E402
+from trainables.cache import CLAIM_SUFFIX  # noqa: E402
 
 NODES = 3
 NODE_CPUS = 1
@@ -186,8 +187,10 @@ class RenameCounter:
     """How many times each cache entry was published in the watched folders (inotify IN_CREATE /
     IN_MOVED_TO of its final name). The cache writes an entry to a temporary sibling and links it
     into place, first writer wins (trainables.cache.atomic_save): one event is one publication of
-    that entry, on any node of this machine; temporary names are not counted. The kernel queues
-    the events until `counts` reads them."""
+    that entry, on any node of this machine; temporary names are not counted there, but in
+    `saves`: one temporary of an entry is one computation of it (saved once, then published or
+    discarded). Claim files (`<entry>.claim`, which say who computes) are neither. The kernel
+    queues the events until `counts` reads them."""
 
     IN_CREATE = 0x100
     IN_MOVED_TO = 0x80
@@ -204,6 +207,7 @@ class RenameCounter:
             assert watch >= 0, f"inotify_add_watch {folder}: {os.strerror(ctypes.get_errno())}"
             self.folders[watch] = folder.name
         self.seen: Counter[str] = Counter()
+        self.saves: Counter[str] = Counter()
 
     def counts(self) -> Counter[str]:
         while True:
@@ -216,7 +220,12 @@ class RenameCounter:
                 watch, _mask, _cookie, length = self.EVENT.unpack_from(data, offset)
                 start = offset + self.EVENT.size
                 name = data[start:start + length].rstrip(b"\0").decode()
-                if ".tmp-" not in name:  # a temporary sibling, not a publication
+                if name.endswith(CLAIM_SUFFIX):
+                    pass
+                elif ".tmp-" in name:  # a temporary sibling `.{stem}.tmp-{pid}-{hex}{suffix}`, not a publication
+                    stem, _, rest = name[1:].partition(".tmp-")
+                    self.saves[f"{self.folders[watch]}/{stem}{Path(rest).suffix}"] += 1
+                else:
                     self.seen[f"{self.folders[watch]}/{name}"] += 1
                 offset = start + length
 
@@ -358,12 +367,13 @@ def test_node_lost_mid_sweep_loses_no_trial_and_cache_entries_are_published_once
     assert removal["finals"] and all((batch / n / FINAL_FILE).read_text() == text
                                      for n, text in removal["finals"].items())
 
-    # (c) the three trials started on three nodes at once, and each shared entry was published once
-    # (first writer wins; trials that miss an entry at the same moment may each compute it)
+    # (c) the three trials started on three nodes at once, and each shared entry was computed and
+    # published once (trials that miss an entry at the same moment wait for the one that claimed it)
     assert len({nodes[0] for nodes in watch.nodes.values()}) == NODES, dict(watch.nodes)
     entries = {kind: sorted(p.name for p in (storage / CACHE_FOLDER / kind).iterdir()) for kind in CACHE_KINDS}
     assert len(entries["alignment"]) == 1  # one model, one pair sample: one pre-trained alignment
     assert len(entries["features"]) == 3  # English train and test, Spanish test
     assert entries["pairs"], entries
     assert writes == Counter({f"{kind}/{name}": 1 for kind, names in entries.items() for name in names}), writes
+    assert renames.saves == writes, renames.saves
     print(f"removed {removal['node']} at epoch {removal['epoch']} of {victim}; nodes {dict(watch.nodes)}")

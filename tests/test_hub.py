@@ -14,6 +14,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 from sweep.experiment import build_experiment
 from sweep.preflight import hub_problems, preflight_problems
 from trainables import data
+from trainables.cache import TOKENIZER_PARTS, model_fingerprint
 from trainables.data import DataSourceError, describe_missing, load_dictionary, load_task_split
 from trainables.model_files import DEFAULT_HUB_REVISION, hub_model_problems, hub_revision, pretrained_kwargs
 from trainables.models import HUB_MODEL_REVISIONS, PAPER_MODELS
@@ -50,6 +51,22 @@ def test_hub_revision_of_ids_and_folders(tmp_path):
     assert hub_revision(str(tmp_path)) is None and hub_revision("./model") is None
     assert pretrained_kwargs("xlm-roberta-large") == {"revision": HUB_MODEL_REVISIONS["xlm-roberta-large"]}
     assert pretrained_kwargs(str(tmp_path)) == {}
+
+
+def test_a_hub_models_cache_key_follows_its_pinned_revision(monkeypatch, tmp_path):
+    pinned = model_fingerprint("xlm-roberta-base")
+    assert pinned == model_fingerprint("xlm-roberta-base", revision=HUB_MODEL_REVISIONS["xlm-roberta-base"])
+    assert pinned == model_fingerprint("xlm-roberta-base", TOKENIZER_PARTS)  # one commit holds both
+    monkeypatch.setitem(HUB_MODEL_REVISIONS, "xlm-roberta-base", "0" * 40)  # the pin moves to another commit
+    assert model_fingerprint("xlm-roberta-base") != pinned
+    assert model_fingerprint("someone/model") == model_fingerprint("someone/model", revision=DEFAULT_HUB_REVISION)
+    # a local folder is keyed by its files' content, whatever the pins say
+    (tmp_path / "config.json").write_text("{}")
+    local = model_fingerprint(tmp_path)
+    monkeypatch.setitem(HUB_MODEL_REVISIONS, "xlm-roberta-base", "1" * 40)
+    assert model_fingerprint(tmp_path) == local == model_fingerprint(tmp_path, revision="other")
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    assert model_fingerprint(tmp_path) != local
 
 
 class FakeApi:
@@ -151,16 +168,52 @@ def test_hub_datasets_are_loaded_at_their_pinned_revision(fake_datasets, monkeyp
                                         revision=data.HUB_DATASET_REVISIONS["facebook/xnli"])]
     assert SHA.fullmatch(data.HUB_DATASET_REVISIONS["facebook/xnli"])
     list(data._hub_rows("unimelb-nlp/wikiann", "es", "train", 2))
-    assert fake_datasets.calls[-1]["streaming"] and fake_datasets.calls[-1]["revision"] == "main"
+    assert fake_datasets.calls[-1]["streaming"]
+    assert fake_datasets.calls[-1]["revision"] == "f0a3be6dc5564c0cc4150bb660144800a1f539d4"
 
 
 def test_download_cache_names_carry_the_revision():
     xnli = data._remote_cache_path(data.get_source("xnli"), {"split": "test", "lang": "es"}, data.Path("/c"), None)
-    assert xnli.name == f"es-test-v1-rev-{data.HUB_DATASET_REVISIONS['facebook/xnli']}.jsonl"
+    assert xnli.name == f"es-test-v1.{data.HUB_DATASET_REVISIONS['facebook/xnli'][:12]}.jsonl"
     wikiann = data._remote_cache_path(data.get_source("wikiann"), {"split": "dev", "lang": "es"}, data.Path("/c"), None)
-    assert wikiann.name == "es-dev-v1-rev-main.jsonl"
+    assert wikiann.name == "es-dev-v1.f0a3be6dc556.jsonl"
+    opus = data.parallel_sample_path(data.get_source("opus100"), "es", data.Path("/c"), data.PARALLEL_SAMPLE,
+                                     data.PARALLEL_SAMPLE_SEED)
+    assert opus.name == "es-vmain-reservoir1000000-seed0.parquet"  # no verified commit: the branch, named
+    ntrex = data._remote_cache_path(data.get_source("ntrex"), {"lang": "es"}, data.Path("/c"), None)
+    assert ntrex.name == f"es-v{data.NTREX_REVISION[:12]}.parquet"
     muse = data._remote_cache_path(data.get_source("muse"), {"src": "en", "tgt": "es"}, data.Path("/c"), None)
-    assert muse.name == "en-es-v1.parquet"  # a URL source: no hub revision
+    assert muse.name == "en-es-v1.parquet"  # a URL without revisions: its own version only
+
+
+def test_every_pinned_dataset_revision_is_a_commit_or_the_named_branch():
+    unverified = {data.OPUS100_HUB, data.MULTIUN_HUB, data.UN_PC_HUB}
+    for dataset_id, revision in data.HUB_DATASET_REVISIONS.items():
+        assert revision == data.HUB_BRANCH if dataset_id in unverified else SHA.fullmatch(revision), dataset_id
+    assert SHA.fullmatch(data.NTREX_REVISION)
+    # every source read from the hub or GitHub names its pin in its version (cache names and keys)
+    versions = {name: data.get_source(name).version for name in ("wikiann", "mnli", "xnli", "opus100", "multiun", "ntrex")}
+    assert versions == {"wikiann": "1.f0a3be6dc556", "mnli": "1.da70db2af9d0", "xnli": "1.b8dd5d7af511",
+                        "opus100": "main-reservoir1000000-seed0", "multiun": "main-reservoir1000000-seed0",
+                        "ntrex": data.NTREX_REVISION[:12]}
+    remote = data.get_source("ntrex").remote(lang="zh")
+    assert remote == f"https://raw.githubusercontent.com/MicrosoftTranslator/NTREX/{data.NTREX_REVISION}/NTREX-128/newstest2019-ref.zho-CN.txt"
+
+
+def test_ntrex_is_downloaded_at_its_pinned_commit(monkeypatch, tmp_path):
+    online(monkeypatch)
+    files = {"eng": ["One.", "Two."], "spa": ["Uno.", "Dos."]}
+    urls = []
+
+    def download(url, dest):
+        urls.append(url)
+        dest.write_text("\n".join(files[url.rsplit(".", 2)[-2]]) + "\n", encoding="utf-8")
+
+    monkeypatch.setattr(data, "_download", download)
+    pairs = data.load_parallel("ntrex", "es", data_dir=tmp_path / "none", cache_dir=tmp_path / "cache")
+    assert sorted(pairs) == [("One.", "Uno."), ("Two.", "Dos.")]
+    assert urls and all(f"/NTREX/{data.NTREX_REVISION}/NTREX-128/" in url for url in urls)
+    assert (tmp_path / f"cache/data/ntrex/es-v{data.NTREX_REVISION[:12]}.parquet").is_file()
 
 
 def test_hub_offline_flags_read_the_datasets_cache(fake_datasets, monkeypatch, tmp_path):

@@ -54,8 +54,9 @@ def _has_wheel(version: str, machine: str, platform: str, implementation: str) -
 
 TARGETS = [(version, machine, platform, implementation)
            for version in ("3.10", "3.11", "3.12", "3.13")
-           for machine, platform in (("x86_64", "linux"), ("aarch64", "linux"), ("x86_64", "darwin"),
-                                     ("arm64", "darwin"), ("AMD64", "win32"))
+           for machine, platform in (("x86_64", "linux"), ("aarch64", "linux"), ("ppc64le", "linux"),
+                                     ("s390x", "linux"), ("i686", "linux"), ("x86_64", "darwin"),
+                                     ("arm64", "darwin"), ("AMD64", "win32"), ("ARM64", "win32"))
            for implementation in ("CPython", "PyPy")]
 
 

@@ -30,6 +30,7 @@ from sweep.ledger import (  # noqa: E402
     write_current,
     write_json,
 )
+from sweep.trainable import FAILURE_FILE, STARTS_FILE, TUNE_ERROR_FILE, count_start, failure_reason  # noqa: E402
 from trainables.data import CACHE_DIR_ENV  # noqa: E402
 
 
@@ -122,7 +123,6 @@ class FakeTuner:
 def test_a_uri_storage_is_handed_to_tune_as_its_filesystem(monkeypatch, tmp_path):
     root = in_memory()
     monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
-    monkeypatch.setattr(runner, "TRIAL_RECORDS_ON_ANY_FILESYSTEM", True)
     with pytest.raises(ExperimentError, match=r"mock://bucket/results: the shared cache needs a folder .*cache_dir="):
         runner.run_sweep(tiny_experiment(), root, "exp", live=False)
     assert all_files(root) == []  # refused before anything was written
@@ -142,9 +142,79 @@ def test_a_uri_storage_is_handed_to_tune_as_its_filesystem(monkeypatch, tmp_path
         runner.trial_configs(tiny_experiment(cache_dir="s3://b/c"), root)
 
 
-def test_a_uri_storage_is_refused_while_trials_write_local_records(monkeypatch):
-    with pytest.raises(ExperimentError, match=r"mock://bucket/results: the trials write their records .* \(NFS\)"):
-        runner.run_sweep(tiny_experiment(), in_memory(), "exp", live=False)
+def test_an_s3_storage_passes_the_checks_before_the_sweep(monkeypatch):
+    # Built with its region and anonymous: nothing here asks the network (pyarrow's from_uri would
+    # look the bucket's region up). The storage is accepted; the next check, the shared cache, speaks.
+    s3 = Location(pafs.S3FileSystem(region="us-east-1", anonymous=True, connect_timeout=1, request_timeout=1),
+                  "bucket/x", "s3://bucket/x")
+    monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
+    with pytest.raises(ExperimentError) as raised:
+        runner.run_sweep(tiny_experiment(), s3, "exp", live=False)
+    assert str(raised.value).startswith("--storage s3://bucket/x: the shared cache needs a folder")
+    assert "records" not in str(raised.value) and "not yet open" not in str(raised.value)
+    assert runner.default_cache_dir(s3) is None and runner.tune_storage(s3 / "exp") == {
+        "storage_path": "bucket/x/exp", "storage_filesystem": s3.fs}
+
+
+def test_trial_records_go_through_the_storage_filesystem():
+    trial = in_memory() / "exp" / "run-001" / "t"
+    assert [count_start(trial) for _ in range(3)] == [1, 2, 3]
+    assert (trial / STARTS_FILE).read_text() == "3"
+    assert failure_reason(trial) == "failed (no error recorded)"
+    (trial / TUNE_ERROR_FILE).write_text("Failure # 1\nTraceback ...\nRuntimeError: worker died\n")
+    assert failure_reason(trial) == "RuntimeError: worker died"  # Tune's log, read on the storage
+    write_json(trial / FAILURE_FILE, {"reason": "ValueError: x.tsv:3: tag 'B-FOO'", "deterministic": True})
+    assert failure_reason(trial, RuntimeError("other")) == "ValueError: x.tsv:3: tag 'B-FOO'"
+    assert not [name for name in all_files(trial) if ".tmp-" in name]
+
+
+def fsspec_folder(root: Path) -> Location:
+    """A folder on a filesystem Tune takes but our code cannot treat as a local path: fsspec's
+    directory filesystem behind pyarrow's `PyFileSystem`, backed by `root` (so every process of
+    a local Ray sees the same files, as every node sees an object store)."""
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(DirFileSystem(path=str(root), fs=LocalFileSystem())))
+    return Location(fs, "results", "fsspec-dir://results")
+
+
+def test_a_sweep_on_a_non_local_filesystem_keeps_its_records_there(tmp_path, toy_assets, capsys):
+    data, model = toy_assets
+    (tmp_path / "store").mkdir()
+    storage = fsspec_folder(tmp_path / "store")
+    assert storage.local is None and not isinstance(storage.fs, pafs.LocalFileSystem)
+    experiment = build_experiment(dict(
+        name="exp", models={"toy-bert": dict(source=str(model), cpu=1, gpu=0.5)},
+        settings=dict(data_dir=str(data), cache_dir=str(tmp_path / "cache"), langs=["es"], epochs=1, batch_size=16,
+                      micro_batch_size=16, learning_rate=1e-3, train_subset=32, test_subset=16, parallel_subset=60,
+                      align_pairs=30, num_threads=1),
+        grids=[dict(model=["toy-bert"], task=["udpos"], realign=["none"], pairs=["dico"], corpus=["toy"], seed=[0])],
+    )).keeping_models()
+    (key,) = experiment.keys().values()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        results = runner.run_sweep(experiment, storage, "exp", live=True, log=True)
+        assert results.errors == [] and results.finished == 1 and len(results) == 1
+        (placement,) = plan_trials(storage / "exp", [key]).done.values()  # the ledger reads the records back
+        trial = placement.path(storage / "exp")
+        assert isinstance(trial, Location) and trial.fs is storage.fs
+        final = read_json(trial / FINAL_FILE)
+        assert final["phase"] == "done" and final["trial_starts"] == 1 and 0 <= final["score"]["en"] <= 1
+        assert (trial / STARTS_FILE).read_text() == "1" and not (trial / FAILURE_FILE).exists()
+        assert (trial / "model" / "config.json").is_file()  # --keep-models: uploaded to the storage
+        assert finished_durations(storage / "exp", [placement]) == [final["seconds_this_start"]]
+        files = all_files(storage / "exp")
+        assert (trial / FINAL_FILE).path in files and not [name for name in files if ".tmp-" in name]
+        assert (tmp_path / "store" / trial.path / FINAL_FILE).is_file()  # where this filesystem keeps it
+
+        capsys.readouterr()
+        again = runner.run_sweep(experiment, storage, "exp", live=True, log=True)
+        assert "exp: 1 trials: 1 done, 0 to resume, 0 new" in capsys.readouterr().out
+        assert len(again) == 0 and again.grids == [] and again.finished == 1  # a rerun runs nothing
+        assert (trial / STARTS_FILE).read_text() == "1"
+    finally:
+        ray.shutdown()
 
 
 def test_check_storage_takes_file_uris_and_names_a_bad_one(tmp_path):

@@ -11,7 +11,13 @@ import pytest
 
 from sweep.cli import main as sweep_main
 from sweep.experiment import ExperimentError, build_experiment
-from sweep.preflight import preflight_problems
+from sweep.preflight import (
+    FASTALIGN_DRIVER_NOTE,
+    fastalign_missing_here,
+    fastalign_node_problems,
+    preflight_problems,
+)
+from trainables.data import describe_missing, required_data
 from trainables.errors import TrialInputError
 from trainables.model_files import check_config, check_model_folder, checkpoint_names, missing_encoder_weights
 from trainables.settings import SETTING_NAMES, SETTING_RULES, Settings, make_settings
@@ -271,6 +277,55 @@ def test_preflight_checks_a_local_awesome_model(tiny_world, tmp_path):
     absent = tmp_path / "no-awesome"
     problems = preflight_problems(_experiment(data, model, pairs="awesome", awesome_model=str(absent)))
     assert problems == [f"setting awesome_model: {absent}: model folder not found (a transformers model folder is expected)"]
+
+
+def test_preflight_requires_only_the_muse_files_the_setting_reads(tiny_world, tmp_path):
+    data = Path(shutil.copytree(tiny_world[0], tmp_path / "data"))
+    reverse = data / "muse/es-en.txt"
+    assert reverse.is_file() and (data / "muse/en-es.txt").is_file()
+    reverse.unlink()
+
+    def problems(**settings):
+        return preflight_problems(build_experiment(dict(
+            models={"tiny": dict(source=str(tiny_world[1]))}, settings=dict(data_dir=str(data), langs=["es"], **settings),
+            grids=[dict(model=["tiny"], task=["udpos"], realign=["none"], pairs=["dico"], corpus=["toy"], seed=[0])])))
+
+    assert Settings().muse_reverse_file == "en-x-copy" and problems() == []  # the default reads en-es.txt alone
+    [line] = problems(muse_reverse_file="x-en")  # the real X-en file is read, so it is required
+    assert line.startswith(f"muse (src=es tgt=en): {reverse} not found")
+    labels = [need.label for need in required_data("dictionary", "muse", ["es", "fr"], data, "en-x-copy")]
+    assert labels == ["muse src=en tgt=es", "muse src=en tgt=fr"]
+    assert len(required_data("dictionary", "muse", ["es", "fr"], data, "x-en")) == 4
+    [bad] = describe_missing("dictionary", "muse", ["es"], data, muse_reverse_file="es-en")
+    assert bad.startswith("setting muse_reverse_file='es-en' must be one of")
+
+
+def test_preflight_says_fast_align_is_checked_on_the_driver_only(tiny_world, monkeypatch):
+    from trainables import pairs
+
+    def missing() -> str:
+        raise TrialInputError("pair source 'fastalign' needs fast_align: found neither")
+
+    monkeypatch.setattr(pairs, "fastalign_backend", missing)
+    problems = preflight_problems(_experiment(*tiny_world, pairs="fastalign"))
+    assert problems == [f"pair source 'fastalign' needs fast_align: found neither ({FASTALIGN_DRIVER_NOTE})"]
+    assert fastalign_missing_here() == "pair source 'fastalign' needs fast_align: found neither"
+    monkeypatch.setattr(pairs, "fastalign_backend", lambda: "fast_align")
+    assert preflight_problems(_experiment(*tiny_world, pairs="fastalign")) == [] and fastalign_missing_here() is None
+
+
+def test_fast_align_is_asked_of_every_node_of_a_running_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # a Ray of its own
+    try:
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        expected = fastalign_missing_here()  # one node, this machine: the same environment as here
+        found = fastalign_node_problems(nodes, timeout=60)
+        assert found == ([] if expected is None else [f"node {nodes[0]['NodeManagerAddress']} "
+                                                      f"({nodes[0]['NodeID'][:8]}): {expected}"])
+    finally:
+        ray.shutdown()
 
 
 def test_sweep_command_stops_before_ray_on_a_bad_file(tiny_world, tmp_path, capsys):

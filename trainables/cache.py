@@ -6,9 +6,11 @@ made from its content key, with no file lock (many NFS mounts ignore locks, and 
 node that died is never released): the value is written to a temporary name in the same
 directory and then linked into place, which succeeds only if no file has that name yet. So the
 first writer wins, a second writer's copy is discarded without touching the published file, and
-a reader never sees a half-written file, even if the writer is killed. Two trials that miss the
-same entry at the same time both compute it (the work is done twice, once in vain); the loser
-then reads the winner's file, so every trial uses the same stored value.
+a reader never sees a half-written file, even if the writer is killed. Trials that miss the
+same entry at the same time compute it once: the first to create the entry's claim file
+(`<entry>.claim`, atomically, also on NFS) computes, the others wait for its file and read it; a
+claim whose holder died (its process gone, or its heartbeat stopped) is taken over, and a holder
+that fails removes its claim so that a waiter computes instead.
 
 Keys are made from content, not paths: `file_fingerprint` hashes files' bytes and
 `model_fingerprint` a model folder's config, tokenizer and weight files, so a data file or model
@@ -24,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -33,6 +36,8 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from trainables.model_files import hub_revision
 
 T = TypeVar("T")
 
@@ -106,23 +111,70 @@ def cached(
     compute: Callable[[], T],
     save: Callable[[T, Path], None],
     load: Callable[[Path], T],
+    on_wait: Callable[[Claim | None, float], None] | None = None,
 ) -> T:
-    """Load `path` if it exists; else compute, publish atomically and return the value.
+    """Load `path` if it exists; else compute it once for the whole cluster, publish and return it.
 
-    Safe with several processes on several nodes, without locks: the value is published under
-    `path` only if no other process published it first (`atomic_save(..., overwrite=False)`).
-    Two processes that miss at the same time both compute; the one that loses the race returns
-    the winner's stored value. A failure in `compute` or `save` leaves no file, so the next call
-    computes again. A hit refreshes the file's modification time: the cache's last-use record,
-    used by pruning; an entry pruned between the check and the read is computed again.
+    A process that misses claims the entry (`<path>.claim`, `_try_claim`) and computes it while
+    refreshing the claim (`_Heartbeat`); the others wait, polling for the published file, and
+    load it. `on_wait(holder, waited_s)`, if given, is called at every poll of a waiting process
+    (`holder` None while the claim cannot be read). A claim whose holder is gone is taken over
+    (`_is_stale`, `_take_over`); a holder that fails removes its claim, so a waiter computes
+    instead, and the failure leaves no entry. Publication stays first writer wins
+    (`atomic_save(..., overwrite=False)`), so even two computations (a race the claim cannot
+    exclude, or a cache where no claim can be made) store one value. A hit refreshes the file's
+    modification time: the cache's last-use record, used by pruning; an entry pruned between the
+    check and the read is computed again.
     """
     path = Path(path)
+    value = _load_if_present(path, load)
+    if value is not _MISSING:
+        return value
+    claim_path = path.with_name(path.name + CLAIM_SUFFIX)
+    started = time.monotonic()
+    delay = CLAIM_POLL_START_S
+    while True:
+        try:
+            holder, seen = _read_claim(claim_path)
+        except FileNotFoundError:
+            try:
+                mine = _try_claim(claim_path)
+            except OSError:  # no claim can be made here: compute unclaimed, publication still decides
+                return _publish(path, compute(), save, load)
+            if mine is None:  # another process claimed it first: read its claim
+                continue
+            try:
+                # The holder may have published and released between this process's miss and its claim.
+                value = _load_if_present(path, load)
+                if value is not _MISSING:
+                    return value
+                with _Heartbeat(claim_path, mine):
+                    value = compute()
+                return _publish(path, value, save, load)
+            finally:
+                _release(claim_path, mine)
+        if _is_stale(holder, seen) and _take_over(claim_path, seen):
+            continue  # claim it now, or wait for the live claim put back
+        if on_wait is not None:
+            on_wait(holder, time.monotonic() - started)
+        time.sleep(delay)
+        delay = min(2 * delay, CLAIM_POLL_MAX_S)
+        value = _load_if_present(path, load)
+        if value is not _MISSING:
+            return value
+
+
+def _load_if_present(path: Path, load: Callable[[Path], T]) -> Any:
+    """The stored value, or `_MISSING` when there is none (also when pruned between check and read)."""
     if path.exists():
         try:
             return _load_and_mark_used(path, load)
-        except FileNotFoundError:  # pruned meanwhile
+        except FileNotFoundError:
             pass
-    value = compute()
+    return _MISSING
+
+
+def _publish(path: Path, value: T, save: Callable[[T, Path], None], load: Callable[[Path], T]) -> T:
     if atomic_save(value, path, save, overwrite=False):
         return value
     try:  # another process published first: use its value, as every later reader will
@@ -138,6 +190,207 @@ def _load_and_mark_used(path: Path, load: Callable[[Path], T]) -> T:
     except OSError:  # a read-only cache still serves its files
         pass
     return value
+
+
+# --- claims: one computation of an entry for the whole cluster, without locks ---------------------
+
+CLAIM_SUFFIX = ".claim"
+# The holder of a claim refreshes the claim's modification time this often while it computes...
+CLAIM_HEARTBEAT_S = 30.0
+# ...and a claim not refreshed for this long is taken over: its holder is gone. Ten heartbeats,
+# so a slow network disk or nodes whose clocks differ by minutes (the claim's mtime is set by the
+# file server and compared with this node's clock) do not make a live holder look gone.
+CLAIM_STALE_S = 300.0
+# A waiter polls quickly at first (most entries take seconds), then every CLAIM_POLL_MAX_S at
+# most: a wait of hours costs a few stat calls a minute on the shared disk.
+CLAIM_POLL_START_S = 0.05
+CLAIM_POLL_MAX_S = 5.0
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who computes an entry, as written in its claim file by the process that claimed it."""
+
+    host: str
+    pid: int
+    time: float  # seconds since the epoch, when it was claimed
+    token: str  # unique to this claim: a process removes a claim only after checking it holds its token
+
+    def to_json(self) -> str:
+        return json.dumps({"host": self.host, "pid": self.pid, "time": self.time, "token": self.token})
+
+    @classmethod
+    def parse(cls, text: str) -> Claim | None:
+        """The claim written in `text`; None for a claim still being written or not one of ours."""
+        try:
+            fields = json.loads(text)
+            return cls(str(fields["host"]), int(fields["pid"]), float(fields["time"]), str(fields["token"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def _new_claim() -> Claim:
+    return Claim(socket.gethostname(), os.getpid(), time.time(), uuid.uuid4().hex)
+
+
+def _try_claim(claim_path: Path) -> Claim | None:
+    """Create `claim_path` holding a new claim of this process; None if a claim exists already.
+
+    The claim is written to a temporary first and then linked into place: link(2) is atomic and
+    never replaces a name, on NFS v2 as well (O_CREAT|O_EXCL is atomic only from NFS v3 on), and
+    the claim appears with its content complete, so a reader never judges a half-written one. On
+    NFS v2/v3 a retransmitted link can answer "exists" for a link that succeeded: the temporary
+    then has two names (the NFS-safe lock-file recipe of open(2)'s manual). Where hard links are
+    not supported (some SMB and FUSE mounts) an exclusive create stands in. Raises OSError when
+    no file can be made next to the entry."""
+    mine = _new_claim()
+    claim_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(claim_path)
+    tmp.write_text(mine.to_json(), encoding="utf-8")
+    try:
+        os.link(tmp, claim_path)
+        return mine
+    except FileExistsError:
+        return mine if tmp.stat().st_nlink == 2 else None
+    except OSError:
+        return _claim_exclusively(claim_path, mine)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _claim_exclusively(claim_path: Path, mine: Claim) -> Claim | None:
+    try:
+        fd = os.open(claim_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:  # read as "being written" until complete
+        handle.write(mine.to_json())
+    return mine
+
+
+def _read_claim(claim_path: Path) -> tuple[Claim | None, os.stat_result]:
+    """The claim in `claim_path` (None if unreadable) and its file's status, of the same file."""
+    with open(claim_path, encoding="utf-8", errors="replace") as handle:
+        return Claim.parse(handle.read()), os.fstat(handle.fileno())
+
+
+def _is_stale(holder: Claim | None, seen: os.stat_result) -> bool:
+    """Whether the claim's holder is gone: a dead process of this host at once, any holder (a
+    host that died, a recycled pid) once its heartbeat has stopped for CLAIM_STALE_S.
+
+    Hosts are told apart by name: two containers sharing a name but not their processes could
+    take a live claim for a dead one, which costs one computation more, never a wrong value."""
+    if time.time() - seen.st_mtime > CLAIM_STALE_S:
+        return True
+    return holder is not None and holder.host == socket.gethostname() and not _pid_alive(holder.pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0 or os.name == "nt":  # kill(0) would signal a group; on Windows os.kill terminates: rely on mtime
+        return pid > 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a killed process that its parent has not reaped yet still answers kill(0)
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rpartition(")")[2].split()[:1] != ["Z"]
+    except OSError:
+        return True
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    # The mtime tells a claim from a later one that reused the inode, and a claim refreshed since
+    # it was judged (so alive) from the one judged stale.
+    return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def _take_over(claim_path: Path, judged: os.stat_result) -> bool:
+    """Remove the stale claim `judged`, race-safe: several waiters may judge it stale at once.
+
+    Each renames the claim to a unique name; rename(2) is atomic, so one of them gets the stale
+    claim and removes it, and the loop then claims anew. A waiter that moved a live claim instead
+    (created after the stale one went) puts it back under its name. False when this process
+    moved nothing (another one was first): it waits as for a live claim."""
+    moved = temporary_sibling(claim_path)
+    if not _rename_aside(claim_path, moved):
+        return False
+    try:
+        if not _same_file(moved.stat(), judged):
+            _restore(moved, claim_path)
+    finally:
+        moved.unlink(missing_ok=True)
+    return True
+
+
+def _release(claim_path: Path, mine: Claim) -> None:
+    """Remove this process's claim: moved aside first, so the claim removed is the one read."""
+    moved = temporary_sibling(claim_path)
+    if not _rename_aside(claim_path, moved):
+        return
+    try:
+        holder, _ = _read_claim(moved)
+        if holder is None or holder.token != mine.token:  # taken over meanwhile: its new holder's
+            _restore(moved, claim_path)
+    finally:
+        moved.unlink(missing_ok=True)
+
+
+def _rename_aside(claim_path: Path, moved: Path) -> bool:
+    try:
+        os.rename(claim_path, moved)
+        return True
+    except FileNotFoundError:  # gone, or NFS answering a retransmitted rename that succeeded
+        return moved.exists()
+    except OSError:  # e.g. Windows, while another process reads the claim: left as it is
+        return False
+
+
+def _restore(moved: Path, claim_path: Path) -> None:
+    """Give a claim moved aside its name back, unless a newer claim has it: then two processes
+    compute the entry, and publication keeps the first value."""
+    try:
+        os.link(moved, claim_path)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links: a check, then a rename
+        if not claim_path.exists():
+            os.replace(moved, claim_path)
+
+
+class _Heartbeat:
+    """While the holder computes, a thread refreshes its claim's mtime every CLAIM_HEARTBEAT_S,
+    so that waiters on other hosts can tell a long computation from a dead holder. It stops if
+    the claim is no longer this process's (taken over during a stall longer than CLAIM_STALE_S)."""
+
+    def __init__(self, claim_path: Path, mine: Claim) -> None:
+        self.claim_path, self.mine = claim_path, mine
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"claim {claim_path.name}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(CLAIM_HEARTBEAT_S):
+            try:
+                holder, _ = _read_claim(self.claim_path)
+                if holder is None or holder.token != self.mine.token:
+                    return
+                os.utime(self.claim_path)
+            except FileNotFoundError:
+                return
+            except OSError:  # a network disk's hiccup: the next beat tries again
+                continue
 
 
 # --- content fingerprints ----------------------------------------------------------------------
@@ -207,10 +460,16 @@ def folder_fingerprint(folder: str | Path, parts: Sequence[str] = MODEL_PARTS) -
 
 
 def model_fingerprint(source: str | Path, parts: Sequence[str] = MODEL_PARTS, revision: str | None = None) -> str:
-    """What identifies a model's files: a local folder by its content, a hub id by id and revision."""
+    """What identifies a model's files: a local folder by its content, a hub id by id and revision.
+
+    A hub id's `revision` defaults to the one its files are loaded at (`model_files.hub_revision`:
+    the pinned commit, else the default branch), so that features and alignment cached under one
+    commit are never reused once the pin moves to another."""
     folder = Path(source).expanduser()
     if folder.is_dir():
         return folder_fingerprint(folder, parts)
+    if revision is None:
+        revision = hub_revision(source)
     return cache_key(hub=str(source), revision=revision)
 
 

@@ -63,8 +63,12 @@ DOWNLOAD_TIMEOUT_S = 60
 UD_RELEASE_TAG = "r2.7"
 UD_URL = "https://raw.githubusercontent.com/UniversalDependencies/{repo}/{tag}/{code}-ud-{split}.conllu"
 MUSE_URL = "https://dl.fbaipublicfiles.com/arrival/dictionaries/{src}-{tgt}.txt"
-# NTREX-128 (the local stand-in corpus): WMT19 English news test set and its translations.
-NTREX_URL = "https://raw.githubusercontent.com/MicrosoftTranslator/NTREX/main/NTREX-128/{name}.txt"
+# NTREX-128 (the local stand-in corpus): WMT19 English news test set and its translations, read
+# at one commit of github.com/MicrosoftTranslator/NTREX (2024-02-29), not the moving `main`. The
+# six files read here are unchanged since the initial release (c9f006f, 2022) and byte-identical
+# to ../shared/data/parallel/ntrex. Part of the downloads' cache names.
+NTREX_REVISION = "8561f6a622db9edad1217683e5c83daefd8bb2bf"
+NTREX_URL = "https://raw.githubusercontent.com/MicrosoftTranslator/NTREX/{revision}/NTREX-128/{name}.txt"
 NTREX_LANG_CODES = {"en": "eng", "ar": "arb", "es": "spa", "fr": "fra", "ru": "rus", "zh": "zho-CN"}
 
 WIKIANN_HUB = "unimelb-nlp/wikiann"
@@ -83,17 +87,19 @@ PARALLEL_SAMPLE = 1_000_000
 PARALLEL_SAMPLE_SEED = 0
 
 # Hub datasets are read at one pinned commit of their repository, so that a later push to the
-# hub cannot silently change a split; the revision is part of the downloads' cache names.
-# "main" (HUB_BRANCH) is pinned explicitly where no commit sha could be looked up: such a source
-# follows the hub's default branch.
+# hub cannot silently change a split. The revision is part of the source's `version`, hence of
+# the downloads' cache names and of every cache key built from the source (featurised task data).
+# "main" (HUB_BRANCH) is pinned explicitly where no commit sha could be verified: such a source
+# follows the hub's default branch, and its cached copies cannot tell two states of it apart.
 HUB_BRANCH = "main"
 HUB_DATASET_REVISIONS: dict[str, str] = {
     MNLI_HUB: "da70db2af9d09693783c3320c4249840212ee221",
     XNLI_HUB: "b8dd5d7af51114dbda02c0e3f6133f332186418e",
-    WIKIANN_HUB: HUB_BRANCH,
-    OPUS100_HUB: HUB_BRANCH,
-    MULTIUN_HUB: HUB_BRANCH,
-    "Helsinki-NLP/un_pc": HUB_BRANCH,
+    # the Parquet conversion (one folder per language, e.g. en/train-00000-of-00001.parquet)
+    WIKIANN_HUB: "f0a3be6dc5564c0cc4150bb660144800a1f539d4",
+    OPUS100_HUB: HUB_BRANCH,  # unverified: no commit sha found
+    MULTIUN_HUB: HUB_BRANCH,  # unverified: no commit sha found (no source reads it)
+    UN_PC_HUB: HUB_BRANCH,  # unverified: no commit sha found
 }
 
 
@@ -720,17 +726,27 @@ def _hub_parallel_remote(dataset_id: str) -> Callable[[str], str]:
     return lambda lang: f"hub {dataset_id} ({_hub_pair_config(lang)}, train, revision {hub_dataset_revision(dataset_id)})"
 
 
+def _hub_task_version(dataset_id: str, parsing: str = "1") -> str:
+    """A hub task source's version: its parsing version and the revision read (12 hex digits of a
+    commit, or the branch), so a new pin gives new download names and new feature cache keys."""
+    return f"{parsing}.{hub_dataset_revision(dataset_id)[:12]}"
+
+
 def _hub_parallel_version(dataset_id: str) -> str:
     """Names a cached hub sample: the revision read, the default sample size and the seed."""
     return f"{hub_dataset_revision(dataset_id)[:12]}-reservoir{PARALLEL_SAMPLE}-seed{PARALLEL_SAMPLE_SEED}"
 
 
+def _ntrex_url(lang: str) -> str:
+    """The pinned NTREX file of one language (`en`: the English source side)."""
+    name = "newstest2019-src.eng" if lang == "en" else f"newstest2019-ref.{NTREX_LANG_CODES.get(lang, lang)}"
+    return NTREX_URL.format(revision=NTREX_REVISION, name=name)
+
+
 def _fetch_ntrex(limit: int | None, lang: str, sample: int | None = PARALLEL_SAMPLE,
                  seed: int = PARALLEL_SAMPLE_SEED) -> list[tuple[str, str]]:
-    en = _download_and_read(NTREX_URL.format(name="newstest2019-src.eng"), _read_lines, ".txt")
-    x = _download_and_read(
-        NTREX_URL.format(name=f"newstest2019-ref.{NTREX_LANG_CODES[lang]}"), _read_lines, ".txt"
-    )
+    en = _download_and_read(_ntrex_url("en"), _read_lines, ".txt")
+    x = _download_and_read(_ntrex_url(lang), _read_lines, ".txt")
     if len(en) != len(x):
         raise DataSourceError(f"NTREX en has {len(en)} lines but {lang} has {len(x)}")
     return reservoir_sample(list(zip(en, x))[:limit], sample, seed)
@@ -867,6 +883,7 @@ DATA_SOURCES: dict[str, DataSource] = {
         validate=_validate_wikiann,
         fetch=_fetch_wikiann,
         remote=lambda split, lang: f"hub {WIKIANN_HUB} ({lang}, {HUB_SPLIT_NAMES.get(split, split)})",
+        version=_hub_task_version(WIKIANN_HUB),
     ),
     "mnli": DataSource(
         name="mnli",
@@ -877,6 +894,7 @@ DATA_SOURCES: dict[str, DataSource] = {
         validate=_validate_mnli,
         fetch=_fetch_mnli,
         remote=lambda split, lang: f"hub {MNLI_HUB} ({MNLI_HUB_SPLITS[split]})",
+        version=_hub_task_version(MNLI_HUB),
     ),
     "xnli": DataSource(
         name="xnli",
@@ -887,6 +905,7 @@ DATA_SOURCES: dict[str, DataSource] = {
         validate=_validate_xnli,
         fetch=_fetch_xnli,
         remote=lambda split, lang: f"hub {XNLI_HUB} ({lang}, test)",
+        version=_hub_task_version(XNLI_HUB),
     ),
     # OPUS-100's train split (Zhang et al. 2020), as the reference's download_resources/opus100.sh.
     "opus100": _parallel_source(
@@ -905,7 +924,8 @@ DATA_SOURCES: dict[str, DataSource] = {
     "ntrex": _parallel_source(
         "ntrex",
         _fetch_ntrex,
-        lambda lang: NTREX_URL.format(name=f"newstest2019-ref.{NTREX_LANG_CODES.get(lang, lang)}"),
+        _ntrex_url,
+        version=NTREX_REVISION[:12],  # the commit read names the cached download
         validate=_validate_ntrex,
     ),
     "muse": DataSource(
@@ -953,8 +973,8 @@ _SERIALISERS: dict[str, tuple[str, Callable[[Any, Path], None], Callable[[Path],
 def _remote_cache_path(source: DataSource, key: dict[str, str], cache_root: Path, limit: int | None) -> Path:
     suffix = _SERIALISERS[source.role][0]
     name = "-".join(key[k] for k in sorted(key)) + (f"-first{limit}" if limit is not None else "")
-    revision = f"-rev-{source.revision}" if source.revision else ""  # another hub commit: another file
-    return cache_root / "data" / source.name / f"{name}-v{source.version}{revision}{suffix}"
+    # A hub source's version names the revision it reads: another commit, another file.
+    return cache_root / "data" / source.name / f"{name}-v{source.version}{suffix}"
 
 
 def _one_line(error: BaseException) -> str:
@@ -1213,13 +1233,16 @@ class Requirement:
 
 
 def required_data(
-    kind: str, name: str, langs: Iterable[str], data_dir: str | Path | None = None
+    kind: str, name: str, langs: Iterable[str], data_dir: str | Path | None = None,
+    muse_reverse_file: str = "x-en",
 ) -> list[Requirement]:
     """What trials over target `langs` read for one need:
     kind "task" (name = a task of trainables.tasks.TASKS): the splits the task names
     (`Task.data_needs`: for the paper's tasks English train and dev sets, test sets in English
     and every target language); kind "parallel" (name = corpus): en-X for every target language;
-    kind "dictionary" (name = muse): en-X and X-en for every target language.
+    kind "dictionary" (name = muse): for every target language the files `load_dictionary`
+    reads with the setting `muse_reverse_file` (`muse_file_key`): en-X and X-en ("x-en"), or
+    en-X alone ("en-x-copy", the reference's pipeline, which never reads an X-en file).
     Unknown names raise (ValueError / DataSourceError, with "did you mean").
     """
     targets = [lang for lang in langs if lang != "en"]
@@ -1238,8 +1261,9 @@ def required_data(
         if source.role != "dictionary":
             raise ValueError(f"data source {name!r} is not a dictionary")
         for lang in targets:
-            needs.append((source, {"src": "en", "tgt": lang}))
-            needs.append((source, {"src": lang, "tgt": "en"}))
+            forward = muse_file_key("en", lang, muse_reverse_file)
+            backward = muse_file_key(lang, "en", muse_reverse_file)
+            needs.extend((source, key) for key in ([forward] if backward == forward else [forward, backward]))
     else:
         raise ValueError(unknown_name("requirement kind", kind, REQUIREMENT_KINDS))
     for source, key in needs:
@@ -1279,11 +1303,13 @@ def describe_missing(
     langs: Iterable[str],
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    muse_reverse_file: str = "x-en",
 ) -> list[str]:
     """One line per required file that is neither local, nor downloaded already, nor fetchable
-    (offline, or a local-only source); empty when everything can be read. Reads no network."""
+    (offline, or a local-only source); empty when everything can be read. Reads no network.
+    `muse_reverse_file`: the setting, which decides the dictionary files read (`required_data`)."""
     try:
-        needs = required_data(kind, name, langs, data_dir)
+        needs = required_data(kind, name, langs, data_dir, muse_reverse_file)
     except ValueError as error:  # DataSourceError included: unknown corpus, unsupported language
         return [" ".join(str(error).split())]
     data_root, cache_root = resolve_data_dir(data_dir), resolve_cache_dir(cache_dir)
@@ -1300,14 +1326,15 @@ def describe_unreadable(
     langs: Iterable[str],
     data_dir: str | Path | None = None,
     already_read: set[Path] | None = None,
+    muse_reverse_file: str = "x-en",
 ) -> list[str]:
     """One line per required local file that its reader rejects (bad column counts, labels,
     encoding, no example...): every local file is read whole, so that a bad file is found before
     the sweep rather than in its trials. Files in `already_read` are skipped and the files read
     are added to it. Names that `describe_missing` reports (unknown corpus...) give no line here.
-    Nothing is cached."""
+    Nothing is cached. `muse_reverse_file` as in `describe_missing`."""
     try:
-        needs = required_data(kind, name, langs, data_dir)
+        needs = required_data(kind, name, langs, data_dir, muse_reverse_file)
     except ValueError:
         return []
     data_root = resolve_data_dir(data_dir)

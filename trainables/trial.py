@@ -12,7 +12,8 @@ final state (`final_state`: metrics, no tensors), so no weights outlive it unles
 (`config["model_dir"]`, the sweep's `--keep-models`).
 
 Work shared between trials (word pairs, featurised task data, the pre-trained model's alignment)
-is cached on disk under `cache_dir` (file-locked, atomic), so concurrent trials compute it once.
+is cached on disk under `cache_dir` (atomic and without locks: one process claims an entry and
+computes it, the others wait for its file), so concurrent trials compute it once.
 """
 from __future__ import annotations
 
