@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if refresher is not None:
             refresher.wait()
     errors = [r for r in results if r.error]
-    print(f"{results.finished} trials finished, {len(errors)} failed; results in {storage / name}")
+    unfinished = f", {results.unfinished} unfinished (the same command resumes them)" if results.unfinished else ""
+    print(f"{results.finished} trials finished, {len(errors)} failed{unfinished}; results in {storage / name}")
     for result in errors:
         folder = Path(result.path)
         print(f"  failed: {folder.name}: {failure_reason(folder, result.error)} (log: {folder / TUNE_ERROR_FILE})")

@@ -21,7 +21,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import ray
 from ray import tune
@@ -279,6 +279,21 @@ def nodes_not_seeing(folder: Path, nodes: list[dict[str, Any]], timeout: float =
         marker.unlink(missing_ok=True)
 
 
+def check_fastalign_nodes(configs: Iterable[Mapping[str, Any]], nodes: list[dict[str, Any]],
+                          timeout: float | None = None) -> None:
+    """Refuse to start when a trial reads FastAlign pairs and a node of the cluster cannot run
+    fast_align (`sweep.preflight.fastalign_node_problems`, one line a node), before any trial
+    is scheduled on it."""
+    if not any(config["pairs"] == "fastalign" for config in configs):
+        return
+    from sweep.preflight import NODE_CHECK_TIMEOUT_S, fastalign_node_problems
+
+    problems = fastalign_node_problems(nodes, timeout=NODE_CHECK_TIMEOUT_S if timeout is None else timeout)
+    if problems:
+        raise ExperimentError(f"pair source 'fastalign' cannot run on {len(problems)} of the cluster's "
+                              f"{len(nodes)} nodes: " + "; ".join(problems))
+
+
 def check_shared_storage(folders: Mapping[str, Path], nodes: list[dict[str, Any]],
                          mounts_file: Path = MOUNTS_FILE) -> None:
     """On a cluster of several nodes, refuse a local folder (the run folder, the shared cache)
@@ -384,8 +399,16 @@ class SweepResults:
 
     @property
     def finished(self) -> int:
-        """Trials of the experiment finished, in this run or before it."""
-        return len(self.plan.done) + sum(1 for r in self.results if not r.error)
+        """Trials of the experiment finished, in this run or before it. A trial this run ran counts
+        once its last report is the trial's final one (phase "done"): a trial stopped by an
+        interrupt ends without an error in Tune's TERMINATED state, yet it is not finished."""
+        return len(self.plan.done) + sum(1 for r in self.results if not r.error and _reached_done(r))
+
+    @property
+    def unfinished(self) -> int:
+        """Trials this run started or planned that neither finished nor failed (e.g. interrupted):
+        the same command resumes them."""
+        return sum(1 for r in self.results if not r.error and not _reached_done(r))
 
     def get_dataframe(self) -> Any:
         import pandas as pd
@@ -393,6 +416,10 @@ class SweepResults:
         frames = [grid.get_dataframe() for grid in self.grids]
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return frame[frame["config/trial/key"].isin(self.ran)].reset_index(drop=True) if len(frame) else frame
+
+
+def _reached_done(result: Any) -> bool:
+    return (result.metrics or {}).get("phase") == "done"
 
 
 def result_key(result: Any) -> str | None:
@@ -437,6 +464,8 @@ def run_sweep(
     shared.update({f"cache_dir {folder}": Path(folder)
                    for folder in sorted({c["settings"]["cache_dir"] for c in configs.values()})})
     check_shared_storage(shared, cluster.nodes)
+    if address is not None:  # the trials run on the cluster's nodes: the driver's check saw this machine only
+        check_fastalign_nodes(configs.values(), cluster.nodes)
     gpus = cluster.total_gpus > 0
     driver_run = uuid.uuid4().hex  # one id per driver run: a deterministic failure is not retried within it
     mode = ("log" if log else "live") if live else "quiet"

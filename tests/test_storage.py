@@ -306,3 +306,19 @@ def test_records_written_through_a_file_uri_are_the_local_files(tmp_path):
     run = location(f"file://{tmp_path}") / "exp"
     write_json(run / "run-001" / "t" / FINAL_FILE, {"phase": "done"})
     assert json.loads((tmp_path / "exp" / "run-001" / "t" / FINAL_FILE).read_text()) == {"phase": "done"}
+
+
+def test_an_interrupted_trial_is_not_counted_finished():
+    """A trial stopped by Ctrl-C ends in Tune's TERMINATED state without an error; only a last
+    report of phase "done" makes it finished (the closing line once said "21 finished" of 20)."""
+    from types import SimpleNamespace
+
+    from sweep.ledger import Plan
+
+    def result(key: str, phase: str, error: Exception | None = None) -> SimpleNamespace:
+        return SimpleNamespace(config={"trial": {"key": key}}, metrics={"phase": phase}, error=error)
+
+    grid = [result("a", "done"), result("b", "finetune"), result("c", "load", RuntimeError("boom"))]
+    results = runner.SweepResults(run_dir=Path("."), plan=Plan(done={"old": None}), grids=[grid],
+                                  ran=frozenset({"a", "b", "c"}))
+    assert (results.finished, results.unfinished, len(results.errors)) == (2, 1, 1)

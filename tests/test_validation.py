@@ -324,6 +324,16 @@ def test_fast_align_is_asked_of_every_node_of_a_running_ray():
         found = fastalign_node_problems(nodes, timeout=60)
         assert found == ([] if expected is None else [f"node {nodes[0]['NodeManagerAddress']} "
                                                       f"({nodes[0]['NodeID'][:8]}): {expected}"])
+        # run_sweep asks the nodes of a cluster it joins, and refuses to start where one lacks it
+        from sweep.experiment import ExperimentError
+        from sweep.runner import check_fastalign_nodes
+
+        check_fastalign_nodes([{"pairs": "dico"}], nodes=[])  # no FastAlign trial: nothing is asked
+        if expected is None:
+            check_fastalign_nodes([{"pairs": "fastalign"}], nodes, timeout=60)
+        else:
+            with pytest.raises(ExperimentError, match=r"cannot run on 1 of the cluster's 1 nodes: node "):
+                check_fastalign_nodes([{"pairs": "fastalign"}], nodes, timeout=60)
     finally:
         ray.shutdown()
 
