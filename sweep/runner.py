@@ -54,6 +54,7 @@ from sweep.ledger import (
 )
 from sweep.trainable import make_trainable
 from trainables.data import CACHE_DIR_ENV
+from trainables.runtime import ALLOCATOR_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_FAILURES = 2  # retries of a failed trial from its last checkpoint
@@ -168,7 +169,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
             # log_to_driver=False as for a local Ray: the trials' output stays in their logs on
             # the nodes, and the driver's live view or plain log is not interleaved with it.
             context = ray.init(address=address, runtime_env={"working_dir": str(PROJECT_ROOT),
-                                                             "excludes": RUNTIME_ENV_EXCLUDES},
+                                                             "excludes": RUNTIME_ENV_EXCLUDES,
+                                                             "env_vars": dict(ALLOCATOR_ENV)},
                                log_to_driver=False)
         except ConnectionError as error:
             raise ExperimentError(f"--address {address}: {str(error).splitlines()[0]}") from None
@@ -178,8 +180,11 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
         # include_dashboard=None rather than True: a minimal Ray still runs, without a dashboard.
         # address="local": always a new Ray of our own; without it, ray.init joins the latest
         # cluster already running on this machine (another user's sweep, a test cluster).
+        # ALLOCATOR_ENV: the workers' glibc reuses freed large blocks (2x faster CPU steps, see
+        # trainables.runtime.reuse_freed_memory); it changes no number.
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=None,
-                           dashboard_host="127.0.0.1", log_to_driver=False)
+                           dashboard_host="127.0.0.1", log_to_driver=False,
+                           runtime_env={"env_vars": dict(ALLOCATOR_ENV)})
     alive = [n for n in ray.nodes() if n.get("Alive")]
     nodes = [n["Resources"] for n in alive]
     return ClusterInfo(

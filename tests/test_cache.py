@@ -250,12 +250,19 @@ def test_names_the_writers_make_are_the_cache_s_own(tmp_path):
     assert len(extract_pairs("tiny", "es", "dico", data_dir=data, cache_dir=cache).pairs) == 1
     from trainables.data import _remote_cache_path
 
+    from trainables.data import parallel_sample_path
+
     download = _remote_cache_path(get_source("muse"), {"src": "en", "tgt": "es"}, cache, None)
     download.parent.mkdir(parents=True)
     download.write_bytes(b"x")
+    for sample, seed in ((1_000_000, 0), (500, 1), (None, 0)):  # a hub corpus' default sample, and others
+        path = parallel_sample_path(get_source("opus100"), "es", cache, sample, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
     scan = scan_cache(cache)
     assert scan.foreign == []
     assert sorted({(f.kind, f.role) for f in scan.files}) == [("downloads", "entry"), ("pairs", "entry")]  # no locks
+    assert sum(f.kind == "downloads" for f in scan.files) == 4
 
 
 def make_cache(root: Path) -> dict[str, Path]:

@@ -498,7 +498,9 @@ CACHE_KINDS: tuple[CacheKind, ...] = (
     CacheKind("pairs", "pairs", re.compile(rf"[^/]+-{_KEY}\.parquet")),  # pairs.extract_pairs
     CacheKind("features", "features", re.compile(rf"[^/]+-{_KEY}\.pt")),  # trial.featurize_cached
     CacheKind("alignment", "alignment", re.compile(rf"pretrained-{_KEY}\.parquet")),  # trial.pretrained_alignment
-    CacheKind("downloads", "data", re.compile(r"[^/]+/[^/]+-v[^/-]+\.(?:jsonl|parquet)")),  # data.load_source
+    # data.load_source and a hub corpus' sample (data.parallel_sample_path): the source's version
+    # may hold dashes ("main-reservoir1000000-seed0"), a sample of another size or seed adds some
+    CacheKind("downloads", "data", re.compile(r"[^/]+/[^/.][^/]*-v[^/]+\.(?:jsonl|parquet)")),
 )
 _TEMPORARY = re.compile(r"\.(?P<stem>.+)\.tmp-\d+-[0-9a-f]{8}(?P<suffix>\.[^./]+)?")
 

@@ -58,6 +58,34 @@ def configure_threads(settings: Settings) -> None:
         torch.set_num_threads(settings.num_threads)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc's malloc.h)
+# Freed memory glibc keeps at its heap's top before returning it by itself: "never" in practice,
+# as a trial frees several 384 MB blocks at once; `return_freed_memory` returns it between trials.
+HEAP_TRIM_THRESHOLD = 1 << 36
+# The same settings for a process about to start (Ray workers: sweep.runner passes them in the
+# runtime environment). glibc reads them at start-up; one arena, because a thread's own arena
+# maps every block over 64 MB afresh whatever the mmap settings, and Tune runs a trial in a thread.
+ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(HEAP_TRIM_THRESHOLD)}
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's allocator serve large blocks from its heap and keep them when they are freed.
+
+    By default glibc maps every block over 32 MB afresh and unmaps it on free. A training step
+    frees and allocates such blocks many times (e5-small's 250k-word embedding: its gradient and
+    the optimizer's temporaries, 384 MB each), so every step faults in and zeroes gigabytes of
+    new pages: measured on one CPU thread, an e5-small step took 4.5 s, 1.8 s of it in the
+    kernel (300k page faults a step); with the blocks reused, 2.2 s and no faults. Nothing
+    computed changes. Memory a finished trial freed still goes back to the system
+    (`return_freed_memory`). Process-wide, but only the main arena's blocks: a thread with an
+    arena of its own needs `ALLOCATOR_ENV` at process start. True where it took effect (glibc)."""
+    libc_name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    if mallopt is None:  # musl, macOS: their allocators, left as they are
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Evaluation mode and no gradients, restoring the previous training flag afterwards."""

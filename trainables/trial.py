@@ -50,7 +50,7 @@ from trainables.model_files import pretrained_kwargs
 from trainables.models import model_family
 from trainables.pairs import AlignedCorpus, PairContext, extract_pairs, release_encoders
 from trainables.realignment import get_realign_method, input_language
-from trainables.runtime import configure_threads, resolve_device, seed_everything
+from trainables.runtime import configure_threads, resolve_device, reuse_freed_memory, seed_everything
 from trainables.segmentation import segmentation_id
 from trainables.settings import Settings, make_settings
 from trainables.tasks import FEATURES_VERSION, Features, Task, get_task
@@ -260,6 +260,7 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
     is saved (`save_model`); it changes no number."""
     settings = make_settings(config.get("settings", {}), model=config["model"])
     configure_threads(settings)
+    reuse_freed_memory()  # 2x faster steps on CPU (trainables.runtime); changes no number
     method = get_realign_method(config["realign"])
     seed = int(config["seed"])
     state = dict(checkpoint) if checkpoint else new_state(config)
