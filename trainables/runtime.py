@@ -83,7 +83,13 @@ def reuse_freed_memory() -> bool:
     mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
     if mallopt is None:  # musl, macOS: their allocators, left as they are
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+    if all(os.environ.get(name) == value for name, value in ALLOCATOR_ENV.items()):
+        return True  # set at start-up (a Ray worker): a larger trim threshold than mallopt's int takes
+    # mallopt takes a C int: a larger Python int would be cut to its low 32 bits (1 << 36 -> 0,
+    # i.e. trim at every free), so the threshold here is the largest int, 2 GiB
+    int_max = (1 << (8 * ctypes.sizeof(ctypes.c_int) - 1)) - 1
+    return (bool(mallopt(ctypes.c_int(_M_MMAP_MAX), ctypes.c_int(0)))
+            and bool(mallopt(ctypes.c_int(_M_TRIM_THRESHOLD), ctypes.c_int(min(HEAP_TRIM_THRESHOLD, int_max)))))
 
 
 @contextlib.contextmanager
