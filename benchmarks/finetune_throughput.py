@@ -29,6 +29,15 @@ HF tutorials' `padding="max_length"` + `default_data_collator`).
 
 Threads: both sides run with the harness's torch thread count (`--threads`, default 1).
 
+The allocator (information rows 1e, 1f): rows 1-1d run with glibc's default allocator, as a plain
+script would. A sweep's trials run in Ray workers that the engine starts with
+`trainables.runtime.ALLOCATOR_ENV` (large freed blocks kept and reused, not unmapped and faulted
+in again at every step). Rows 1e and 1f rerun ours and the length-grouped Trainer with the same
+settings made in this process (`reuse_freed_memory`, which in the main thread has the same
+effect), after rows 1-1d: 1e compares the loops under it (a Trainer user can set the same
+variables), 1f is what the setting alone gives ours. The settings are then put back to glibc's
+fixed defaults for the benchmarks that follow (`restore_default_allocator`).
+
 Model FLOP utilisation: 6 x non-embedding parameters x tokens/s over the fp32 matrix-multiply
 peak measured with torch in the same run (common.matmul_peak_flops).
 """
@@ -257,6 +266,23 @@ def warm_up(context: Context, features: Any) -> None:
     gc.collect()
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's malloc.h
+_GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_MMAP_THRESHOLD: 128 * 1024, _M_TRIM_THRESHOLD: 128 * 1024}
+
+
+def restore_default_allocator() -> None:
+    """glibc's documented default values after `reuse_freed_memory` (the dynamic adjustment of
+    the mmap threshold, off once a value is set, stays off)."""
+    import ctypes
+    import ctypes.util
+
+    libc_name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    if mallopt is not None:
+        for parameter, value in _GLIBC_DEFAULTS.items():
+            mallopt(ctypes.c_int(parameter), ctypes.c_int(value))
+
+
 def best(results: list[RunResult]) -> RunResult:
     return max(results, key=lambda r: r.tokens_per_second)
 
@@ -288,6 +314,18 @@ def run(context: Context) -> Section:
         if repeat < sizes.info_repeats:
             dynamic.append(run_trainer(context, sizes, unpadded, tokenizer, "dynamic"))
             limit.append(run_trainer(context, sizes, padded, tokenizer, "limit"))
+    # rows 1e, 1f: the same two loops with the allocator settings of a sweep's Ray workers
+    from trainables.runtime import reuse_freed_memory
+
+    ours_reusing: list[RunResult] = []
+    grouped_reusing: list[RunResult] = []
+    reusing = reuse_freed_memory()
+    try:
+        for _ in range(sizes.repeats):
+            ours_reusing.append(run_ours(context, sizes, features, tokenizer))
+            grouped_reusing.append(run_trainer(context, sizes, unpadded, tokenizer, "grouped"))
+    finally:
+        restore_default_allocator()
     peaks.append(matmul_peak_flops(peak_size))
     peak = max(peaks)
 
@@ -295,6 +333,7 @@ def run(context: Context) -> Section:
     parameters = non_embedding_parameters(model)
     del model
     ours_best, grouped_best, dynamic_best, limit_best = best(ours), best(grouped), best(dynamic), best(limit)
+    ours_reusing_best, grouped_reusing_best = best(ours_reusing), best(grouped_reusing)
 
     def ratio(baseline: RunResult) -> float:
         return ours_best.tokens_per_second / baseline.tokens_per_second
@@ -325,6 +364,15 @@ def run(context: Context) -> Section:
         Row("1d. ours / Trainer, padded to the limit (info)", rate(ours_best.tokens_per_second),
             rate(limit_best.tokens_per_second), ratio(limit_best), "info", None,
             f"padding='max_length' + default_data_collator, random batches; {padding_note(limit_best)}"),
+        Row("1e. ours / Trainer, both with the workers' allocator (info)",
+            rate(ours_reusing_best.tokens_per_second), rate(grouped_reusing_best.tokens_per_second),
+            ours_reusing_best.tokens_per_second / grouped_reusing_best.tokens_per_second, "info", None,
+            "trainables.runtime.ALLOCATOR_ENV's settings (freed large blocks reused), made in this process"
+            + ("" if reusing else "; NOT in effect here (not glibc): the same runs as rows 1-1d")),
+        Row("1f. ours with the workers' allocator / ours with glibc's default (info)",
+            rate(ours_reusing_best.tokens_per_second), rate(ours_best.tokens_per_second),
+            ours_reusing_best.tokens_per_second / ours_best.tokens_per_second, "info", None,
+            "what a sweep's trials gain from ALLOCATOR_ENV; it changes no number"),
     ]
     details = {
         "sizes": sizes.__dict__, "steps": steps, "mega_batch_factor": factor,
@@ -333,6 +381,9 @@ def run(context: Context) -> Section:
         "ours": [r.as_dict() for r in ours], "trainer_grouped": [r.as_dict() for r in grouped],
         "trainer_dynamic_padding": [r.as_dict() for r in dynamic],
         "trainer_max_length": [r.as_dict() for r in limit],
+        "ours_workers_allocator": [r.as_dict() for r in ours_reusing],
+        "trainer_grouped_workers_allocator": [r.as_dict() for r in grouped_reusing],
+        "workers_allocator_in_effect": reusing,
         "mfu": {"ours": mfu(ours_best), "trainer_grouped": mfu(grouped_best),
                 "trainer_dynamic": mfu(dynamic_best), "trainer_max_length": mfu(limit_best)},
         "baseline": "transformers.Trainer, train_sampling_strategy='group_by_length',"

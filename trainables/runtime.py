@@ -74,8 +74,9 @@ def reuse_freed_memory() -> bool:
     By default glibc maps every block over 32 MB afresh and unmaps it on free. A training step
     frees and allocates such blocks many times (e5-small's 250k-word embedding: its gradient and
     the optimizer's temporaries, 384 MB each), so every step faults in and zeroes gigabytes of
-    new pages: measured on one CPU thread, an e5-small step took 4.5 s, 1.8 s of it in the
-    kernel (300k page faults a step); with the blocks reused, 2.2 s and no faults. Nothing
+    new pages: measured on one CPU thread (the machine's other core busy), an e5-small step took
+    4.5 s, 1.8 s of it in the kernel (300k page faults a step); with the blocks reused, 2.2 s
+    and no faults. Nothing
     computed changes. Memory a finished trial freed still goes back to the system
     (`return_freed_memory`). Process-wide, but only the main arena's blocks: a thread with an
     arena of its own needs `ALLOCATOR_ENV` at process start. True where it took effect (glibc)."""
