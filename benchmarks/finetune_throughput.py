@@ -266,23 +266,6 @@ def warm_up(context: Context, features: Any) -> None:
     gc.collect()
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's malloc.h
-_GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_MMAP_THRESHOLD: 128 * 1024, _M_TRIM_THRESHOLD: 128 * 1024}
-
-
-def restore_default_allocator() -> None:
-    """glibc's documented default values after `reuse_freed_memory` (the dynamic adjustment of
-    the mmap threshold, off once a value is set, stays off)."""
-    import ctypes
-    import ctypes.util
-
-    libc_name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
-    if mallopt is not None:
-        for parameter, value in _GLIBC_DEFAULTS.items():
-            mallopt(ctypes.c_int(parameter), ctypes.c_int(value))
-
-
 def best(results: list[RunResult]) -> RunResult:
     return max(results, key=lambda r: r.tokens_per_second)
 
@@ -315,7 +298,7 @@ def run(context: Context) -> Section:
             dynamic.append(run_trainer(context, sizes, unpadded, tokenizer, "dynamic"))
             limit.append(run_trainer(context, sizes, padded, tokenizer, "limit"))
     # rows 1e, 1f: the same two loops with the allocator settings of a sweep's Ray workers
-    from trainables.runtime import reuse_freed_memory
+    from trainables.runtime import restore_default_allocator, reuse_freed_memory
 
     ours_reusing: list[RunResult] = []
     grouped_reusing: list[RunResult] = []

@@ -180,8 +180,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> ClusterInfo:
         # include_dashboard=None rather than True: a minimal Ray still runs, without a dashboard.
         # address="local": always a new Ray of our own; without it, ray.init joins the latest
         # cluster already running on this machine (another user's sweep, a test cluster).
-        # ALLOCATOR_ENV: the workers' glibc reuses freed large blocks (2x faster CPU steps, see
-        # trainables.runtime.reuse_freed_memory); it changes no number.
+        # ALLOCATOR_ENV: the workers' glibc reuses the large blocks a training step frees instead of
+        # faulting fresh pages in (trainables.runtime.reuse_freed_memory); it changes no number.
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=None,
                            dashboard_host="127.0.0.1", log_to_driver=False,
                            runtime_env={"env_vars": dict(ALLOCATOR_ENV)})

@@ -58,7 +58,7 @@ def configure_threads(settings: Settings) -> None:
         torch.set_num_threads(settings.num_threads)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt parameters (glibc's malloc.h)
 # Freed memory glibc keeps at its heap's top before returning it by itself: "never" in practice,
 # as a trial frees several 384 MB blocks at once; `return_freed_memory` returns it between trials.
 HEAP_TRIM_THRESHOLD = 1 << 36
@@ -76,12 +76,10 @@ def reuse_freed_memory() -> bool:
     the optimizer's temporaries, 384 MB each), so every step faults in and zeroes gigabytes of
     new pages: measured on one CPU thread (the machine's other core busy), an e5-small step took
     4.5 s, 1.8 s of it in the kernel (300k page faults a step); with the blocks reused, 2.2 s
-    and no faults. Nothing
-    computed changes. Memory a finished trial freed still goes back to the system
-    (`return_freed_memory`). Process-wide, but only the main arena's blocks: a thread with an
-    arena of its own needs `ALLOCATOR_ENV` at process start. True where it took effect (glibc)."""
-    libc_name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    and no faults. Nothing computed changes. Memory a finished trial freed still goes back to
+    the system (`return_freed_memory`). Process-wide, but only the main arena's blocks: a thread
+    with an arena of its own needs `ALLOCATOR_ENV` at process start. True where it took effect."""
+    mallopt = glibc_function("mallopt")
     if mallopt is None:  # musl, macOS: their allocators, left as they are
         return False
     if all(os.environ.get(name) == value for name, value in ALLOCATOR_ENV.items()):
@@ -89,8 +87,20 @@ def reuse_freed_memory() -> bool:
     # mallopt takes a C int: a larger Python int would be cut to its low 32 bits (1 << 36 -> 0,
     # i.e. trim at every free), so the threshold here is the largest int, 2 GiB
     int_max = (1 << (8 * ctypes.sizeof(ctypes.c_int) - 1)) - 1
-    return (bool(mallopt(ctypes.c_int(_M_MMAP_MAX), ctypes.c_int(0)))
-            and bool(mallopt(ctypes.c_int(_M_TRIM_THRESHOLD), ctypes.c_int(min(HEAP_TRIM_THRESHOLD, int_max)))))
+    return (bool(mallopt(ctypes.c_int(M_MMAP_MAX), ctypes.c_int(0)))
+            and bool(mallopt(ctypes.c_int(M_TRIM_THRESHOLD), ctypes.c_int(min(HEAP_TRIM_THRESHOLD, int_max)))))
+
+
+GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 128 * 1024, M_TRIM_THRESHOLD: 128 * 1024}
+
+
+def restore_default_allocator() -> None:
+    """glibc's documented default values back after `reuse_freed_memory` (benchmarks measure
+    both). The dynamic adjustment of the mmap threshold, off once a value is set, stays off."""
+    mallopt = glibc_function("mallopt")
+    if mallopt is not None:
+        for parameter, value in GLIBC_DEFAULTS.items():
+            mallopt(ctypes.c_int(parameter), ctypes.c_int(value))
 
 
 @contextlib.contextmanager
@@ -115,9 +125,13 @@ def return_freed_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
-    trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None)  # glibc only (not musl, not macOS)
+    trim = glibc_function("malloc_trim")
     if trim is not None:
         trim(0)
+
+
+def glibc_function(name: str):
+    """The C library's function `name` through ctypes, None where the library lacks it
+    (`malloc_trim` and `mallopt` are glibc's: not musl's, not macOS's)."""
+    libc_name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc_name), name, None) if libc_name else None
