@@ -164,18 +164,3 @@ def test_the_command_is_data_s_main_and_imports_no_ray(tmp_path, monkeypatch, ca
                     for alias in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "ray" not in imported, module
-
-
-def test_the_plan_lists_only_the_muse_files_the_setting_reads(tmp_path):
-    """`muse_reverse_file="en-x-copy"` (the reference's pipeline) never reads an X-en file, so a
-    prefetch for it does not fetch one."""
-    def muse_keys(reverse_file: str) -> list[dict[str, str]]:
-        experiment = tmp_path / f"exp-{reverse_file}.py"
-        experiment.write_text(EXPERIMENT.replace('settings=dict(langs=["es"])',
-                                                 f'settings=dict(langs=["es"], muse_reverse_file={reverse_file!r})'),
-                              encoding="utf-8")
-        plan = prefetch.experiment_plan(experiment, tmp_path / "data")
-        return [need.requirement.key_dict for need in plan.data if need.requirement.source.name == "muse"]
-
-    both, copy = muse_keys("x-en"), muse_keys("en-x-copy")
-    assert len(both) == 2 and len(copy) == 1 and copy[0] in both

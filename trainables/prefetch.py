@@ -86,9 +86,7 @@ def experiment_plan(path: str | os.PathLike, data_dir: str | os.PathLike) -> Pla
         if trial.pairs == "dico":
             kinds.append(("dictionary", "muse"))
         for kind, name in kinds:
-            # only the MUSE files the setting reads: "en-x-copy" never reads an X-en file
-            for requirement in required_data(kind, name, trial_set.langs, data_dir,
-                                             muse_reverse_file=trial_set.muse_reverse_file):
+            for requirement in required_data(kind, name, trial_set.langs, data_dir):
                 sample = trial_set.parallel_sample if requirement.source.role == "parallel" else None
                 needs.setdefault((requirement.source.name, requirement.key, sample), DataNeed(requirement, sample))
     return Plan(tuple(needs.values()), models)
