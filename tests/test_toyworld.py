@@ -387,6 +387,47 @@ def test_pretraining_lowers_the_masked_lm_loss(tmp_path: Path) -> None:
         toy_model.pretrain(BertForMaskedLM(config), tokenizer, pairs, 1, seed=0, tlm_share=1.5)
 
 
+def test_masked_lm_loss_is_bert_for_masked_lms_own_loss() -> None:
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(config).eval()
+    input_ids = torch.randint(5, 50, (3, 9))
+    labels = torch.full_like(input_ids, toy_model.IGNORE_LABEL)
+    labels[0, 2], labels[1, 5], labels[2, 0], labels[2, 8] = 7, 11, 13, 40
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    ours = toy_model.masked_lm_loss(model, inputs, labels)
+    assert torch.allclose(ours, model(**inputs, labels=labels).loss, atol=1e-6)
+    ours.backward()  # and it trains the same weights: the output layer (tied to the embeddings) too
+    assert model.bert.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_topics_are_opt_in_and_keep_a_clauses_content_words_on_its_topic() -> None:
+    import random
+    from toyworld.grammar import GrammarRates, clause
+
+    plain = toy.make_world()
+    assert plain.topics == 1 and all(not c.topics or c.topics == frozenset({0}) for c in plain.concepts.values())
+    sizes = toy_world.LexiconSizes(topics=6, topics_per_concept=2)
+    world = toy.make_world(sizes=sizes)
+    content = [c for c in world.concepts.values() if c.upos in ("NOUN", "VERB", "ADJ", "ADV")]
+    assert all(len(c.topics) == 2 for c in content)
+    assert {t for c in content if c.upos == "NOUN" for t in c.topics} == set(range(6))  # every topic has nouns
+    rng, rates = random.Random(0), GrammarRates(on_topic=1.0, pronoun=0.0, entity=0.0, place=0.0)
+    shared = 0
+    for _ in range(200):
+        drawn = clause(world, rng, rates, entity_rate=0.0)
+        words = [drawn.verb, drawn.subject.noun, *drawn.subject.adjectives]
+        if drawn.obj is not None:
+            words += [drawn.obj.noun, *drawn.obj.adjectives]
+        shared += bool(frozenset.intersection(*(world.concepts[w].topics for w in words)))
+    assert shared == 200  # on_topic=1: every content word of a clause is of the clause's topic
+    with pytest.raises(ValueError, match="topics_per_concept=3"):
+        toy.make_world(sizes=toy_world.LexiconSizes(topics=2, topics_per_concept=3))
+
+
 def test_code_switching_replaces_dictionary_words_by_translations(tmp_path: Path) -> None:
     small = toy.write_toy_data(tmp_path / "data", langs=("es", "ru"), **SMALL)
     assert toy_model.code_switched(small, 0.0, seed=0) == []

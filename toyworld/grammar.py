@@ -38,6 +38,7 @@ class GrammarRates:
     full_name: float = 0.7  # a person is named by first and last name (else last name only)
     organisation_type: float = 0.6  # an organisation's name ends with a type word ("... Bank")
     keep_modifier: float = 0.5  # NLI: a hypothesis keeps each premise modifier with this chance
+    on_topic: float = 0.85  # a clause's content word is drawn from the clause's topic (else any)
 
 
 @dataclass(frozen=True)
@@ -83,37 +84,47 @@ def _entity(world: World, rng: random.Random, rates: GrammarRates, entity: str) 
     return NounPhrase(name=name, entity=entity)
 
 
-def _noun_phrase(world: World, rng: random.Random, rates: GrammarRates, entity_rate: float) -> NounPhrase:
+def _topic(rng: random.Random, rates: GrammarRates, topic: int | None) -> int | None:
+    """The clause's topic for one content word, or None (off topic) with 1 - on_topic. A world
+    without topics draws nothing here, so its sentences are those it had before topics existed."""
+    if topic is None:
+        return None
+    return topic if rng.random() < rates.on_topic else None
+
+
+def _noun_phrase(world: World, rng: random.Random, rates: GrammarRates, entity_rate: float,
+                 topic: int | None = None) -> NounPhrase:
     if rng.random() < rates.pronoun:
         return NounPhrase(pronoun=world.draw(rng, "PRON"))
     if rng.random() < entity_rate:
         return _entity(world, rng, rates, rng.choice(("PER", "ORG")))
     adjectives: tuple[str, ...] = ()
     if rng.random() < rates.adjective:
-        adjectives = (world.draw(rng, "ADJ"),)
+        adjectives = (world.draw(rng, "ADJ", _topic(rng, rates, topic)),)
         if rng.random() < rates.second_adjective:
-            second = world.draw(rng, "ADJ")
+            second = world.draw(rng, "ADJ", _topic(rng, rates, topic))
             adjectives += () if second in adjectives else (second,)
     number = rng.randint(*NUMBER_RANGE) if rng.random() < rates.number else None
     plural = number is not None or rng.random() < rates.plural
     determiner = world.draw(rng, "DET")
     if plural and determiner in ("DET.indefinite", "DET.quantifier"):
         determiner = "DET.definite"  # "a cats" / "every cats" are not phrases
-    return NounPhrase(world.draw(rng, "NOUN"), determiner, adjectives, number, plural)
+    return NounPhrase(world.draw(rng, "NOUN", _topic(rng, rates, topic)), determiner, adjectives, number, plural)
 
 
 def clause(world: World, rng: random.Random, rates: GrammarRates, entity_rate: float) -> Clause:
-    subject = _noun_phrase(world, rng, rates, entity_rate)
-    verb = world.draw(rng, "VERB")
+    topic = rng.randrange(world.topics) if world.topics > 1 else None
+    subject = _noun_phrase(world, rng, rates, entity_rate, topic)
+    verb = world.draw(rng, "VERB", _topic(rng, rates, topic))
     past = rng.random() < rates.past
     negated = rng.random() < rates.negation
-    obj = _noun_phrase(world, rng, rates, entity_rate) if rng.random() < rates.object else None
+    obj = _noun_phrase(world, rng, rates, entity_rate, topic) if rng.random() < rates.object else None
     adposition = oblique = None
     if rng.random() < rates.prepositional_phrase:
         adposition = world.draw(rng, "ADP")
         oblique = (_entity(world, rng, rates, "LOC") if rng.random() < rates.place
-                   else _noun_phrase(world, rng, rates, entity_rate))
-    adverb = world.draw(rng, "ADV") if rng.random() < rates.adverb else None
+                   else _noun_phrase(world, rng, rates, entity_rate, topic))
+    adverb = world.draw(rng, "ADV", _topic(rng, rates, topic)) if rng.random() < rates.adverb else None
     return Clause(subject, verb, past, negated, obj, adposition, oblique, adverb)
 
 

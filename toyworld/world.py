@@ -18,6 +18,7 @@ Words are drawn by seeded syllable generators per language; every random stream 
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Sequence
@@ -45,6 +46,13 @@ class LexiconSizes:
     zipf_exponent: float = 1.0  # content words are drawn with weight 1 / rank**exponent
     synonym_rate: float = 0.08  # content concepts with a second form in a target language
     homonym_rate: float = 0.05  # content concepts sharing another concept's form (target side)
+    # Selectional preferences (opt-in; 1 = none, the default world): each content concept
+    # belongs to `topics_per_concept` of `topics` topics, and a clause draws its content words
+    # from one topic (`GrammarRates.on_topic`). Without them every noun has the contexts of
+    # every other noun of its frequency, so pre-training cannot tell "cat" from "dog", nor a
+    # word's translation from its language's other nouns (strong alignment, §3.1).
+    topics: int = 1
+    topics_per_concept: int = 1
 
 
 NUMBER_RANGE = (2, 99)  # cardinal numbers, written in digits in every language
@@ -164,6 +172,7 @@ class Concept:
     key: str  # e.g. "NOUN.12", "DET.definite", "PROPN.place.3"
     upos: str
     weight: float  # relative frequency when the grammar draws a word of this kind
+    topics: frozenset[int] = frozenset()  # content concepts only: the topics it is drawn in
 
 
 @dataclass(frozen=True)
@@ -173,9 +182,14 @@ class World:
     concepts: dict[str, Concept]
     by_kind: dict[str, tuple[str, ...]]  # "NOUN", "first_name"... -> concept keys
     lexicons: dict[str, dict[str, tuple[str, ...]]]  # lang -> concept key -> base forms
+    topics: int = 1  # how many topics the content concepts are dealt into (LexiconSizes.topics)
 
-    def draw(self, rng: random.Random, kind: str) -> str:
+    def draw(self, rng: random.Random, kind: str, topic: int | None = None) -> str:
+        """A concept of this kind by weight; with a topic, only those of the topic (content
+        kinds; other kinds ignore it)."""
         keys = self.by_kind[kind]
+        if topic is not None and kind in CONTENT_KINDS:
+            keys = tuple(k for k in keys if topic in self.concepts[k].topics) or keys
         return rng.choices(keys, weights=[self.concepts[k].weight for k in keys])[0]
 
 
@@ -202,6 +216,19 @@ def _make_concepts(sizes: LexiconSizes) -> tuple[dict[str, Concept], dict[str, t
         "organisation_type": _zipf_concepts("PROPN.orgtype", "PROPN", sizes.organisation_types, z),
         "place": _zipf_concepts("PROPN.place", "PROPN", sizes.places, z),
     }
+    if not 1 <= sizes.topics_per_concept <= sizes.topics:
+        raise ValueError(f"LexiconSizes: topics_per_concept={sizes.topics_per_concept} must be between 1 and "
+                         f"topics={sizes.topics}")
+    topic_rng = random.Random(f"toy/topics/{sizes.topics}/{sizes.topics_per_concept}")  # its own stream
+    for kind in CONTENT_KINDS:
+        # Dealt round-robin over a shuffled order, so every topic gets words of every kind.
+        order = list(range(sizes.topics))
+        for index, concept in enumerate(by_kind[kind]):
+            if index % sizes.topics == 0:
+                topic_rng.shuffle(order)
+            first = order[index % sizes.topics]
+            others = topic_rng.sample([t for t in range(sizes.topics) if t != first], sizes.topics_per_concept - 1)
+            by_kind[kind][index] = dataclasses.replace(concept, topics=frozenset([first, *others]))
     concepts = {c.key: c for group in by_kind.values() for c in group}
     return concepts, {kind: tuple(c.key for c in group) for kind, group in by_kind.items()}
 
@@ -300,4 +327,4 @@ def make_world(seed: int = 0, langs: Sequence[str] = DEFAULT_LANGS, sizes: Lexic
     lexicons = {SOURCE_LANG: english}
     for code in targets:
         lexicons[code] = _make_lexicon(LANGUAGES[code], concepts, by_kind, english, sizes, seed)
-    return World(seed, targets, concepts, by_kind, lexicons)
+    return World(seed, targets, concepts, by_kind, lexicons, sizes.topics)
