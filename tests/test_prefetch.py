@@ -85,7 +85,8 @@ def test_prefetch_writes_the_layout_once(remote, tmp_path, monkeypatch, capsys):
     assert prefetch.main(["prefetch", "--data-dir", str(out), str(experiment)]) == 0
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert written == [
-        "mnli/dev.tsv", "mnli/train.tsv", "muse/en-es.txt", "muse/es-en.txt",
+        # muse/en-es.txt alone: the default muse_reverse_file ("en-x-copy") never reads es-en.txt
+        "mnli/dev.tsv", "mnli/train.tsv", "muse/en-es.txt",
         "parallel/opus100/en-es.en", "parallel/opus100/en-es.es",
         "ud/en_ewt-ud-dev.conllu", "ud/en_ewt-ud-test.conllu", "ud/en_ewt-ud-train.conllu", "ud/es_gsd-ud-test.conllu",
         "wikiann/dev-en.tsv", "wikiann/test-en.tsv", "wikiann/test-es.tsv", "wikiann/train-en.tsv",
@@ -98,7 +99,7 @@ def test_prefetch_writes_the_layout_once(remote, tmp_path, monkeypatch, capsys):
     assert sorted(remote.snapshots) == sorted([("xlm-roberta-base", HUB_MODEL_REVISIONS["xlm-roberta-base"]),
                                                ("aneuraz/awesome-align-with-co",
                                                 HUB_MODEL_REVISIONS["aneuraz/awesome-align-with-co"])])
-    assert capsys.readouterr().out.strip().endswith("17 fetched, 0 already there, 0 failed")
+    assert capsys.readouterr().out.strip().endswith("16 fetched, 0 already there, 0 failed")
 
     # a compute node: the sweep's readers find everything locally, offline
     monkeypatch.setenv("SWEEP_OFFLINE", "1")
@@ -110,7 +111,8 @@ def test_prefetch_writes_the_layout_once(remote, tmp_path, monkeypatch, capsys):
     monkeypatch.undo()  # the real load_parallel reads the local files
     monkeypatch.setenv("SWEEP_OFFLINE", "1")
     assert load_parallel("opus100", "es", data_dir=out) == [("the cat", "el gato"), ("a\tdog", "un perro")]
-    assert load_dictionary("en", "es", data_dir=out)["cat"] == frozenset({"gato"})
+    # read as a trial reads it, with the default muse_reverse_file
+    assert load_dictionary("en", "es", data_dir=out, reverse_file="en-x-copy")["cat"] == frozenset({"gato"})
 
 
 def test_a_second_prefetch_downloads_nothing(remote, tmp_path, capsys):
@@ -122,7 +124,7 @@ def test_a_second_prefetch_downloads_nothing(remote, tmp_path, capsys):
     capsys.readouterr()
     assert prefetch.main(["prefetch", "--data-dir", str(out), str(experiment)]) == 0
     assert (len(remote.downloads), len(remote.hub), len(remote.snapshots)) == before
-    assert capsys.readouterr().out.strip() == "0 fetched, 17 already there, 0 failed"
+    assert capsys.readouterr().out.strip() == "0 fetched, 16 already there, 0 failed"
     assert not list(out.rglob("*.part"))  # no temporary file left behind
 
 
@@ -141,7 +143,7 @@ def test_dry_run_fetches_nothing_and_errors_are_one_line(remote, tmp_path, capsy
     assert prefetch.main(["prefetch", "--data-dir", str(out), str(experiment)]) == 1
     lines = capsys.readouterr().out.splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 6  # 4 UD files, 2 MUSE files
+    assert len(errors) == 5  # 4 UD files, 1 MUSE file
     assert any("es_gsd-ud-test.conllu failed: OSError: no route to host" in line for line in errors)
     assert not (out / "ud").exists() or not list((out / "ud").iterdir())  # nothing partial
 
@@ -164,3 +166,18 @@ def test_the_command_is_data_s_main_and_imports_no_ray(tmp_path, monkeypatch, ca
                     for alias in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "ray" not in imported, module
+
+
+def test_the_plan_lists_only_the_muse_files_the_setting_reads(tmp_path):
+    """`muse_reverse_file="en-x-copy"` (the reference's pipeline) never reads an X-en file, so a
+    prefetch for it does not fetch one."""
+    def muse_keys(reverse_file: str) -> list[dict[str, str]]:
+        experiment = tmp_path / f"exp-{reverse_file}.py"
+        experiment.write_text(EXPERIMENT.replace('settings=dict(langs=["es"])',
+                                                 f'settings=dict(langs=["es"], muse_reverse_file={reverse_file!r})'),
+                              encoding="utf-8")
+        plan = prefetch.experiment_plan(experiment, tmp_path / "data")
+        return [need.requirement.key_dict for need in plan.data if need.requirement.source.name == "muse"]
+
+    both, copy = muse_keys("x-en"), muse_keys("en-x-copy")
+    assert len(both) == 2 and len(copy) == 1 and copy[0] in both

@@ -15,8 +15,10 @@ an interrupted prefetch leaves no partial file that a later run would take for a
 
 What a trial reads is what the sweep's preflight checks (`trainables.data.required_data`): for
 its task the English train and dev splits and the test split of English and each target
-language, its parallel corpus for each target language, and MUSE's en-X and X-en dictionaries
-for `dico` pairs. Parallel corpora are written as the trials sample them (`parallel_sample`).
+language, its parallel corpus for each target language, and for `dico` pairs the MUSE files
+the trials' `muse_reverse_file` reads (en-X alone under the default "en-x-copy", the reference's
+pipeline; en-X and X-en under "x-en"). Parallel corpora are written as the trials sample them
+(`parallel_sample`).
 """
 from __future__ import annotations
 
@@ -86,7 +88,9 @@ def experiment_plan(path: str | os.PathLike, data_dir: str | os.PathLike) -> Pla
         if trial.pairs == "dico":
             kinds.append(("dictionary", "muse"))
         for kind, name in kinds:
-            for requirement in required_data(kind, name, trial_set.langs, data_dir):
+            # only the MUSE files the setting reads: "en-x-copy" never reads an X-en file
+            for requirement in required_data(kind, name, trial_set.langs, data_dir,
+                                             muse_reverse_file=trial_set.muse_reverse_file):
                 sample = trial_set.parallel_sample if requirement.source.role == "parallel" else None
                 needs.setdefault((requirement.source.name, requirement.key, sample), DataNeed(requirement, sample))
     return Plan(tuple(needs.values()), models)
