@@ -63,15 +63,13 @@ SMOKE = Sizes(seeds=(0,), langs=("es", "fr"), tiny_epochs=None, loop_threads=1, 
 
 
 def toy_assets(sizes: Sizes, smoke: bool) -> tuple[Path, Path]:
-    from toyworld import write_toy
-    from toyworld.files import GENERATOR_VERSION
-    from toyworld.model import MODEL_VERSION
-    from trainables.cache import cache_key
+    from toyworld import toy_key, write_toy
     from trainables.data import resolve_cache_dir
 
-    # Named by what it is made of (parameters, generator versions): a folder made by another
-    # version of the toy world is never reused, nor deleted, by a newer one.
-    key = cache_key(**sizes.toy, data=GENERATOR_VERSION, model=MODEL_VERSION)
+    # Named by what it is made of (`toy_key`: parameters, generator versions, the toy world's
+    # code and libraries): a folder made by another version of the toy world is never reused,
+    # nor deleted, by a newer one.
+    key = toy_key(**sizes.toy)
     folder = resolve_cache_dir() / TOY_FOLDER / f"{'smoke' if smoke else 'full'}-{key}"
     return write_toy(folder, **sizes.toy)
 

@@ -7,7 +7,7 @@ import ctypes.util
 import gc
 import os
 import random
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -130,7 +130,7 @@ def return_freed_memory() -> None:
         trim(0)
 
 
-def glibc_function(name: str):
+def glibc_function(name: str) -> Callable[..., int] | None:
     """The C library's function `name` through ctypes, None where the library lacks it
     (`malloc_trim` and `mallopt` are glibc's: not musl's, not macOS's)."""
     libc_name = ctypes.util.find_library("c")
