@@ -359,9 +359,11 @@ def test_node_lost_mid_sweep_loses_no_trial_and_cache_entries_are_published_once
     assert last_checkpoint >= removal["epoch"] >= 1
     assert finals[victim]["trial_starts"] == 2 and finals[victim]["resumed_at"].startswith("finetune:")
     resumed_epoch = int(finals[victim]["resumed_at"].split(":")[1])
-    # From a checkpoint of its first start, never from scratch: the last one, or the one before
-    # when the node went down while its last report was on the way (seen once on a loaded
-    # machine: checkpoint 2 in result.json, resumed from 1).
+    # From a checkpoint of its first start, never from scratch: the last one, or the one before.
+    # Tune logs a result (result.json) before it asks the trial's actor to `save`, and registers
+    # the checkpoint only when that save returns (tune_controller `_process_trial_result`, then
+    # `_process_trial_save`); a node lost in between leaves the trial on its previous checkpoint
+    # (seen once on a loaded machine: checkpoint 2 in result.json, resumed from 1).
     assert resumed_epoch in checkpointed and resumed_epoch >= last_checkpoint - 1, (resumed_epoch, checkpointed)
     assert watch.nodes[victim][0] == removal["node"] and removal["node"] not in watch.nodes[victim][1:]
     assert len(watch.nodes[victim]) == 2, watch.nodes[victim]  # it finished elsewhere
