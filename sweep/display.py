@@ -121,6 +121,12 @@ class ViewRelay(Callback):
             view.trial_failed(str(trial), Path(trial.path), trial.trial_id)
             view.count(trials)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # an attempt failed and Tune queued the trial again (max_failures): not running any more
+        for view in _OPEN_VIEWS:
+            view.trial_retried(str(trial), Path(trial.path), trial.trial_id)
+            view.count(trials)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for view in _OPEN_VIEWS:
             view.count(trials)
@@ -162,6 +168,7 @@ class SweepProgress:
             self.durations.setdefault(group, []).append(seconds)
         self.finished_here = 0
         self.failures: list[str] = []  # one line per failed trial: name, reason, log
+        self.retries: list[str] = []  # one line per failed attempt that Tune runs again
         self.started = clock()
         self.console = console or Console(stderr=True)
         self.log_stream = log
@@ -243,6 +250,18 @@ class SweepProgress:
         self.emit("failed", line)
         self.refresh()
 
+    def trial_retried(self, name: str, trial_dir: Path, trial_id: str) -> None:
+        """An attempt failed and Tune will run the trial again (from its last checkpoint): its row
+        goes until it restarts, and the reason is listed, so a retry is never silent."""
+        row = self.running.pop(trial_id, None)
+        if row is not None:
+            self.status[row.key] = "PENDING"
+            self._recount()
+        line = f"{name}: {failure_reason(trial_dir)} (log: {trial_dir / TUNE_ERROR_FILE}); queued again"
+        self.retries.append(line)
+        self.emit("retry", line)
+        self.refresh()
+
     # --- estimates -----------------------------------------------------------------------------
     def expected_seconds(self, group: str) -> float | None:
         """A trial's expected duration: the mean of its group's finished trials, else of all."""
@@ -261,10 +280,14 @@ class SweepProgress:
         return max(left_at_report - (self.clock() - row.reported_at), 0.0)
 
     def trial_eta(self, row: RunningTrial) -> float | None:
+        """Time left: its group's expected duration less its elapsed time, and never less than
+        what its current phase still needs (a trial of a faster group cannot end before it)."""
         expected = self.expected_seconds(row.group)
-        if expected is not None:
-            return max(expected - (self.clock() - row.started), 0.0)
-        return self.phase_eta(row)  # nothing finished yet: at least the phase's own
+        phase = self.phase_eta(row)
+        if expected is None:
+            return phase  # nothing finished yet: at least the phase's own
+        left = max(expected - (self.clock() - row.started), 0.0)
+        return left if phase is None else max(left, phase)
 
     @property
     def pending(self) -> int:
@@ -313,6 +336,7 @@ class SweepProgress:
                              "" if row.loss is None else f"{row.loss:.4f}",
                              format_duration(self.clock() - row.started), format_duration(self.trial_eta(row)))
             parts.append(rows)
+        parts += [Text(f"retried: {line}", style="yellow") for line in self.retries[-FAILURES_SHOWN:]]
         parts += [Text(f"failed: {line}", style="red") for line in self.failures[-FAILURES_SHOWN:]]
         return Group(*parts)
 

@@ -18,6 +18,7 @@ import pytest
 from trainables import data
 from trainables.cache import atomic_save, cache_key, cached
 from trainables.data import (
+    MUSE_REVERSE_FILE_DEFAULT,
     DataSourceError,
     Subset,
     check_available,
@@ -32,6 +33,7 @@ from trainables.data import (
     resolve_cache_dir,
     resolve_data_dir,
 )
+from trainables.pairs import PairContext
 from trainables.settings import Settings
 from trainables.tasks import NLI_LABELS, UD_LABELS, WIKIANN_TAGS, preprocess_ud
 
@@ -170,12 +172,12 @@ def test_nli_header_skipped_and_bad_label_named(tmp_path):
 def test_dictionary_merges_both_files_and_both_separators(tmp_path):
     write(tmp_path / "muse/en-xx.txt", "dog\tperro\ncat gato\n")
     write(tmp_path / "muse/xx-en.txt", "perro\thound\nminino\tcat\n")
-    assert load_dictionary("en", "xx", data_dir=tmp_path) == {
+    assert load_dictionary("en", "xx", data_dir=tmp_path, reverse_file="x-en") == {
         "dog": frozenset({"perro"}),
         "cat": frozenset({"gato", "minino"}),
         "hound": frozenset({"perro"}),
     }
-    assert load_dictionary("xx", "en", data_dir=tmp_path) == {
+    assert load_dictionary("xx", "en", data_dir=tmp_path, reverse_file="x-en") == {
         "perro": frozenset({"dog", "hound"}),
         "gato": frozenset({"cat"}),
         "minino": frozenset({"cat"}),
@@ -195,6 +197,9 @@ def test_dictionary_with_the_reference_copy_of_en_x_as_x_en(tmp_path):
     assert load_dictionary("xx", "en", data_dir=tmp_path, reverse_file="en-x-copy") == both_ways
     (tmp_path / "muse/xx-en.txt").unlink()  # not needed in that mode
     assert load_dictionary("en", "xx", data_dir=tmp_path, reverse_file="en-x-copy") == both_ways
+    # the default of direct calls is the trials' setting: the reference's pipeline
+    assert load_dictionary("en", "xx", data_dir=tmp_path) == both_ways
+    assert Settings().muse_reverse_file == PairContext().muse_reverse_file == MUSE_REVERSE_FILE_DEFAULT
     with pytest.raises(ValueError, match="muse_reverse_file='xx-en'"):
         load_dictionary("en", "xx", data_dir=tmp_path, reverse_file="xx-en")
 
@@ -311,8 +316,10 @@ def test_preflight_descriptions(tmp_path, monkeypatch):
     missing = describe_missing("task", "udpos", ["ar"], tmp_path, tmp_path / "cache")
     assert len(missing) == 4  # en train, en dev, en test, ar test
     assert any(str(tmp_path / "ud/ar_padt-ud-test.conllu") in line for line in missing)
-    with pytest.raises(DataSourceError, match="2 data file"):
+    with pytest.raises(DataSourceError, match="1 data file"):  # en-es only, as the trials read by default
         check_available("dictionary", "muse", ["es"], tmp_path, tmp_path / "cache")
+    with pytest.raises(DataSourceError, match="2 data file"):
+        check_available("dictionary", "muse", ["es"], tmp_path, tmp_path / "cache", muse_reverse_file="x-en")
     assert "did you mean 'ntrex'" in describe_missing("parallel", "ntrx", ["es"], SHARED_DATA)[0]
 
 
@@ -443,7 +450,8 @@ def test_describe_unreadable_reads_every_file_once_and_reports_each_bad_one(tmp_
 def test_the_real_files_pass_every_check():
     read: set[Path] = set()
     for kind, name in [("task", "udpos"), ("task", "wikiann"), ("task", "xnli"), ("parallel", "ntrex"), ("dictionary", "muse")]:
-        assert describe_unreadable(kind, name, TARGETS, SHARED_DATA, read) == []
+        # "x-en": the real X-en files too (the default, the reference's, reads en-X alone)
+        assert describe_unreadable(kind, name, TARGETS, SHARED_DATA, read, muse_reverse_file="x-en") == []
     assert len(read) == 44  # every file of ../shared/data/README.md's layout
 
 

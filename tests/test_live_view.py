@@ -78,6 +78,12 @@ def test_frame_has_one_row_per_running_trial_and_hand_worked_etas():
     assert rows[3] == ["e5-small", "udpos", "joint", "1", "finetune", "50/200", "", "0.6123", "0:40", "1:20"]
     assert rows[4] == ["e5-small", "wikiann", "none", "0", "pretrained", "0", "", "", "0:10", "0:50"]
     assert len(rows) == 5
+    # a's phase reports again 10 s later at step 60: 10 steps in 10 s, 140 left = 140 s, more
+    # than its group's 120 - 50 = 70 s: a trial never ends before its current phase does
+    clock.now += 10
+    view.trial_result("a", {"phase": "finetune", "step": 60, "total": 200})  # (the view is closed: direct)
+    assert view.phase_eta(view.running["a"]) == pytest.approx(140.0)
+    assert view.trial_eta(view.running["a"]) == pytest.approx(140.0)
 
 
 def test_rows_of_pair_extraction_and_alignment_measurement_show_units_and_their_own_eta():
@@ -189,3 +195,63 @@ def test_helpers():
     assert trial_group({"model": "m", "task": "udpos", "realign": "none"}) == "m/udpos/none"
     with pytest.raises(ValueError, match="view mode 'fancy'"):
         SweepProgress(total=1, mode="fancy")
+
+
+def test_a_failed_attempt_that_tune_retries_leaves_the_rows_and_is_listed(tmp_path):
+    # Tune's max_failures: a failed attempt goes back to PENDING (on_trial_recover, not
+    # on_trial_error) and runs again later. Its row must not stay on "running" meanwhile.
+    clock = Clock()
+    out = io.StringIO()
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t1" / FAILURE_FILE).write_text(json.dumps({"reason": "NameError: name 'x' is not defined"}))
+    view = SweepProgress(total=2, mode="log", log=out, clock=clock, todo={"e5-small/udpos/joint": 2})
+    relay = ViewRelay()
+    flaky = FakeTrial("a", "RUNNING", "k1", path=str(tmp_path / "t1"))
+    other = FakeTrial("b", "RUNNING", "k2", seed=1)
+    with view:
+        relay.on_trial_start(iteration=1, trials=[flaky, other], trial=flaky)
+        relay.on_trial_start(iteration=1, trials=[flaky, other], trial=other)
+        clock.now += 9
+        flaky.status = "PENDING"
+        relay.on_trial_recover(iteration=2, trials=[flaky, other], trial=flaky)
+        rows = table_rows(view.render_text(width=160))
+        text = view.render_text(width=160)
+        assert view.counts == {"done": 0, "running": 1, "failed": 0} and view.pending == 1
+        assert [row[3] for row in rows if row[0] == "e5-small"] == ["1"]  # only the other trial's row
+        assert "retried: t1: NameError: name 'x' is not defined" in text
+        clock.now += 30
+        flaky.status = "RUNNING"
+        relay.on_trial_start(iteration=3, trials=[flaky, other], trial=flaky)  # the second attempt
+        assert len(view.running) == 2
+        clock.now += 20
+        flaky.status = "TERMINATED"
+        relay.on_trial_complete(iteration=4, trials=[flaky, other], trial=flaky)
+    assert view.durations == {"e5-small/udpos/joint": [20.0]}  # the attempt that finished, not since the first start
+    lines = out.getvalue().splitlines()
+    assert lines[2] == f"[0:09] retry  t1: NameError: name 'x' is not defined (log: {tmp_path / 't1' / 'error.txt'}); queued again"
+    assert lines[3] == "[0:39] start  e5-small udpos joint s0"
+    assert view.counts == {"done": 1, "running": 1, "failed": 0}
+
+
+def test_the_readme_frame_is_cut_from_a_terminal_recording_of_the_live_view():
+    # scripts/live_frame.py reads a `script` recording: frames separated by rich Live's redraw
+    # (erase line, cursor up, ...), colours in between. It picks the most informative frame.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("live_frame", Path(__file__).parents[1] / "scripts/live_frame.py")
+    live_frame = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(live_frame)
+    clock = Clock()
+    view = SweepProgress(total=2, mode="quiet", clock=clock)
+    relay = ViewRelay()
+    first, second = FakeTrial("a", "RUNNING", "k1"), FakeTrial("b", "RUNNING", "k2", seed=1)
+    with view:
+        relay.on_trial_start(iteration=1, trials=[first, second], trial=first)
+        one_row = view.render_text()
+        relay.on_trial_start(iteration=1, trials=[first, second], trial=second)
+        two_rows = view.render_text()
+    redraw = "\r" + "\x1b[2K\x1b[1A" * 3 + "\x1b[2K"
+    recording = "Ray starting...\n\x1b[1m" + one_row + "\x1b[0m" + redraw + two_rows + redraw + one_row + "\nreport written\n"
+    assert live_frame.busiest_frame(recording) == "\n".join(line.rstrip() for line in two_rows.strip("\n").splitlines())
+    with pytest.raises(ValueError, match="no live-view frame"):
+        live_frame.busiest_frame("plain log lines only\n")

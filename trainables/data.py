@@ -1169,9 +1169,12 @@ def load_parallel(
 
 
 MUSE_REVERSE_FILES = ("en-x-copy", "x-en")
+# The reference's pipeline (docs/protocol.md, MUSE X-en file): the one default of the setting
+# `muse_reverse_file`, for trials (Settings, PairContext) and direct calls alike.
+MUSE_REVERSE_FILE_DEFAULT = "en-x-copy"
 
 
-def muse_file_key(src: str, tgt: str, reverse_file: str = "x-en") -> dict[str, str]:
+def muse_file_key(src: str, tgt: str, reverse_file: str = MUSE_REVERSE_FILE_DEFAULT) -> dict[str, str]:
     """The MUSE file read for the `src`-`tgt` direction.
 
     "x-en": the real X-en file. "en-x-copy": the en-X file stands in for X-en, as in the
@@ -1191,7 +1194,7 @@ def load_dictionary(
     tgt: str,
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    reverse_file: str = "x-en",
+    reverse_file: str = MUSE_REVERSE_FILE_DEFAULT,
 ) -> dict[str, frozenset[str]]:
     """`src` word -> its `tgt` translations, from both MUSE files: src-tgt and (inverted) tgt-src.
 
@@ -1234,7 +1237,7 @@ class Requirement:
 
 def required_data(
     kind: str, name: str, langs: Iterable[str], data_dir: str | Path | None = None,
-    muse_reverse_file: str = "x-en",
+    muse_reverse_file: str = MUSE_REVERSE_FILE_DEFAULT,
 ) -> list[Requirement]:
     """What trials over target `langs` read for one need:
     kind "task" (name = a task of trainables.tasks.TASKS): the splits the task names
@@ -1303,7 +1306,7 @@ def describe_missing(
     langs: Iterable[str],
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    muse_reverse_file: str = "x-en",
+    muse_reverse_file: str = MUSE_REVERSE_FILE_DEFAULT,
 ) -> list[str]:
     """One line per required file that is neither local, nor downloaded already, nor fetchable
     (offline, or a local-only source); empty when everything can be read. Reads no network.
@@ -1326,7 +1329,7 @@ def describe_unreadable(
     langs: Iterable[str],
     data_dir: str | Path | None = None,
     already_read: set[Path] | None = None,
-    muse_reverse_file: str = "x-en",
+    muse_reverse_file: str = MUSE_REVERSE_FILE_DEFAULT,
 ) -> list[str]:
     """One line per required local file that its reader rejects (bad column counts, labels,
     encoding, no example...): every local file is read whole, so that a bad file is found before
@@ -1360,9 +1363,11 @@ def check_available(
     langs: Iterable[str],
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    muse_reverse_file: str = MUSE_REVERSE_FILE_DEFAULT,
 ) -> None:
-    """Raise one `DataSourceError` naming every required file that cannot be had."""
-    missing = describe_missing(kind, name, langs, data_dir, cache_dir)
+    """Raise one `DataSourceError` naming every required file that cannot be had
+    (`muse_reverse_file` as in `describe_missing`)."""
+    missing = describe_missing(kind, name, langs, data_dir, cache_dir, muse_reverse_file)
     if missing:
         raise DataSourceError(f"{len(missing)} data file(s) unavailable: " + " | ".join(missing))
 

@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 
 from trainables.cache import cache_key, cached, file_fingerprint, model_fingerprint
 from trainables.data import (
+    MUSE_REVERSE_FILE_DEFAULT,
     PARALLEL_SAMPLE,
     PARALLEL_SAMPLE_SEED,
     Subset,
@@ -122,7 +123,7 @@ class PairContext:
     awesome_max_length: int = AWESOME_MAX_LENGTH
     device: str = "cpu"
     dico_lowercase: bool = False  # False: the reference's case-sensitive rule (pairs_from_dictionary)
-    muse_reverse_file: str = "en-x-copy"  # the reference's X-en file: a copy of en-X (data.muse_file_key)
+    muse_reverse_file: str = MUSE_REVERSE_FILE_DEFAULT  # the reference's X-en file: a copy of en-X (data.muse_file_key)
     fastalign_iterations: int = FASTALIGN_ITERATIONS
     fastalign_favor_diagonal: bool = True  # -d
     fastalign_optimize_tension: bool = True  # -o

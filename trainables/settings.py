@@ -330,6 +330,7 @@ class Settings:
     dico_lowercase: bool = False
     # dico: the file read as X-en. "en-x-copy": the en-X file, as the reference's download script
     # saved it (its maps hold en-X entries both ways round); "x-en": MUSE's real X-en file.
+    # Equal to data.MUSE_REVERSE_FILE_DEFAULT, the default of direct calls (a test checks).
     muse_reverse_file: str = "en-x-copy"
     awesome_model: str = "aneuraz/awesome-align-with-co"  # AWESOME's fine-tuned aligner (pairs.py)
     awesome_layer: int = 8
