@@ -6,9 +6,9 @@ Usage:
 
 The live view (rich's `Live`) redraws in place: before each frame it moves the cursor up over
 the previous one and erases it. Splitting the recording at those moves gives the frames; colours
-and other control codes are dropped. The frame printed is the most informative one: the most
-running trials, then every estimate known (no "?"), then the most trial rows with every cell
-filled (step of total, phase ETA, loss) (the first of equals), so the README shows what a user sees mid-sweep.
+and other control codes are dropped. The frame printed is the most informative one (the first
+of equals): the most running trials, then every estimate known (no "?"), then the most trial
+rows with every cell filled (step of total, phase ETA, loss): what a user sees mid-sweep.
 """
 from __future__ import annotations
 
@@ -27,26 +27,18 @@ def frames(recording: str) -> list[str]:
     return [CONTROL.sub("", part) for part in REDRAW.split(recording)]
 
 
-def running_rows(frame: str) -> int:
-    """How many trial rows the frame's "running trials" table has (0 without that table)."""
+def trial_rows(frame: str) -> list[list[str]]:
+    """The cells of each trial row of the frame's "running trials" table (none without it)."""
     if "running trials" not in frame:
-        return 0
-    table = frame.split("running trials", 1)[1]
-    return sum(1 for line in table.splitlines() if line.lstrip().startswith(TABLE_ROW))
-
-
-def full_rows(frame: str) -> int:
-    """Trial rows of the "running trials" table with no empty cell."""
-    if "running trials" not in frame:
-        return 0
+        return []
     table = frame.split("running trials", 1)[1].splitlines()
-    rows = [line.strip().strip(TABLE_ROW).split(TABLE_ROW) for line in table if line.lstrip().startswith(TABLE_ROW)]
-    return sum(1 for cells in rows if all(cell.strip() for cell in cells))
+    return [line.strip().strip(TABLE_ROW).split(TABLE_ROW) for line in table if line.lstrip().startswith(TABLE_ROW)]
 
 
 def informativeness(frame: str) -> tuple[int, bool, int]:
     """How much a frame shows: running rows, whether every ETA is known, rows with every cell filled."""
-    return running_rows(frame), "?" not in frame, full_rows(frame)
+    rows = trial_rows(frame)
+    return len(rows), "?" not in frame, sum(1 for cells in rows if all(cell.strip() for cell in cells))
 
 
 def busiest_frame(recording: str) -> str:
@@ -57,7 +49,7 @@ def busiest_frame(recording: str) -> str:
     best = max(candidates, key=informativeness)  # max keeps the first of equals
     lines = best.splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip() == "sweep")
-    end = max(i for i, line in enumerate(lines) if line.strip().startswith(("└", "failed:")))
+    end = max(i for i, line in enumerate(lines) if line.strip().startswith(("└", "retried:", "failed:")))
     return "\n".join(line.rstrip() for line in lines[start : end + 1])
 
 
