@@ -132,6 +132,11 @@ class ViewRelay(Callback):
             view.count(trials)
 
 
+def _attempt_line(name: str, trial_dir: Path) -> str:
+    """A failed attempt in one line: the trial, its reason, where its full log is."""
+    return f"{name}: {failure_reason(trial_dir)} (log: {trial_dir / TUNE_ERROR_FILE})"
+
+
 def _key(trial: Any) -> str:
     config = getattr(trial, "config", None) or {}
     return str(config.get("trial", {}).get("key") or trial.trial_id)
@@ -245,7 +250,7 @@ class SweepProgress:
             if self.todo[row.group] > 0:  # not to be run again in this driver run
                 self.todo[row.group] -= 1
             self._recount()
-        line = f"{name}: {failure_reason(trial_dir)} (log: {trial_dir / TUNE_ERROR_FILE})"
+        line = _attempt_line(name, trial_dir)
         self.failures.append(line)
         self.emit("failed", line)
         self.refresh()
@@ -257,7 +262,7 @@ class SweepProgress:
         if row is not None:
             self.status[row.key] = "PENDING"
             self._recount()
-        line = f"{name}: {failure_reason(trial_dir)} (log: {trial_dir / TUNE_ERROR_FILE}); queued again"
+        line = f"{_attempt_line(name, trial_dir)}; queued again"
         self.retries.append(line)
         self.emit("retry", line)
         self.refresh()
