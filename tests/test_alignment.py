@@ -18,6 +18,7 @@ from trainables.alignment import (
     RESULT_COLUMNS,
     alignment_accuracy,
     alignment_metrics,
+    before_finetuning,
     correct_predictions,
     main,
     measurable_pairs,
@@ -409,6 +410,25 @@ def test_pairs_beyond_the_length_limit_are_never_sampled(e5) -> None:
     assert (table["n_pairs"] == 5).all() and (table["n_dropped"] == 0).all()
 
 
+def test_before_fine_tuning_the_reference_limit_applies(e5) -> None:
+    model, tokenizer = e5
+    # sentence 2 has 12 words; align_max_length_before=8 cuts its last words, the limit after
+    # fine-tuning (None: the tokenizer's 512) does not
+    corpus = AlignedCorpus("es", [list(s) for s in SENTENCES], [list(s) for s in SENTENCES],
+                           pairs_table([(2, 0), (2, 10), (0, 0), (1, 1)]).assign(
+                               tgt_index=lambda frame: frame["src_index"]))
+    settings = Settings(device="cpu", align_max_length_before=8)
+    assert Settings().align_max_length_before == 128 and Settings().align_max_length is None
+    before = before_finetuning(settings)
+    assert before.align_max_length == 8 and settings.align_max_length is None
+    _, used_before = measure_alignment(model, tokenizer, {"es": corpus}, before, n_pairs=100, seed=0,
+                                       return_pairs=True)
+    _, used_after = measure_alignment(model, tokenizer, {"es": corpus}, settings, n_pairs=100, seed=0,
+                                      return_pairs=True)
+    assert (2, 10) not in set(zip(used_before["sentence"], used_before["src_index"]))
+    assert (2, 10) in set(zip(used_after["sentence"], used_after["src_index"]))
+
+
 def test_trained_model_far_better_aligned_than_random_one(e5, ntrex_es, e5_alignment) -> None:
     from transformers import AutoConfig, AutoModel
 
@@ -567,6 +587,14 @@ def test_cli_missing_data_and_too_long_max_length(tmp_path: Path, capsys) -> Non
                    "--device", "cpu"])
     error = capsys.readouterr().err
     assert status == 2 and error.strip() == "error: --max-length 600 exceeds the tokenizer's limit 512"
+
+
+def test_cli_max_length_defaults_to_the_reference_limit_before_fine_tuning() -> None:
+    from trainables.alignment import _parser
+
+    assert _parser().parse_args(["--model", "m"]).max_length == 128
+    assert _parser().parse_args(["--model", "m", "--max-length", "none"]).max_length is None
+    assert _parser().parse_args(["--model", "m", "--max-length", "64"]).max_length == 64
 
 
 def test_module_runs_as_a_command(tmp_path: Path) -> None:

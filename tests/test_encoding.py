@@ -110,18 +110,45 @@ def test_keep_lone_prefix_keeps_them_in_the_input_and_skips_them(xlmr_tokenizer,
         assert kept_ids == removed.inputs["input_ids"][row, removed.first_subword[row, : len(words)]].tolist()
 
 
-def test_truncation_happens_after_deletion(xlmr_tokenizer, ud_sentences):
+def test_lone_pieces_take_room_before_deletion_as_the_reference_truncated(xlmr_tokenizer, ud_sentences):
     zh = [ud_sentences[0]]
-    ids, first, _ = by_hand(xlmr_tokenizer, zh[0])
     limit = 8
+    lone = set(lone_prefix_ids(xlmr_tokenizer))
+    # the reference (AdaptAlignmentToTokenizerMapper): the tokenizer truncates, then the lone ids go
+    truncated = xlmr_tokenizer(zh[0], is_split_into_words=True, truncation=True, max_length=limit)
+    reference = [token for token in truncated["input_ids"] if token not in lone]
+    assert len(reference) < limit, "the test needs a lone piece among the first tokens"
     encoded = encode_words(xlmr_tokenizer, zh, max_length=limit)
-    # the first limit - 2 remaining pieces, then </s>: more words than the tokenizer's truncation keeps
-    assert encoded.inputs["input_ids"][0].tolist() == ids[: limit - 1] + [xlmr_tokenizer.eos_token_id]
-    assert encoded.word_mask[0].sum().item() == sum(p < limit - 1 for p in first)
+    assert encoded.inputs["input_ids"][0].tolist() == reference
+    words_kept = {w for t, w in zip(truncated["input_ids"], truncated.word_ids()) if w is not None and t not in lone}
+    assert encoded.word_mask[0].sum().item() == len(words_kept)
+    # lone_prefix_takes_room=False: deleted first, the first limit - 2 remaining pieces kept
+    ids, first, _ = by_hand(xlmr_tokenizer, zh[0])
+    roomy = encode_words(xlmr_tokenizer, zh, max_length=limit, lone_prefix_takes_room=False)
+    assert roomy.inputs["input_ids"][0].tolist() == ids[: limit - 1] + [xlmr_tokenizer.eos_token_id]
+    assert roomy.word_mask[0].sum().item() == sum(p < limit - 1 for p in first)
+    assert roomy.word_mask[0].sum() > encoded.word_mask[0].sum()
     kept = encode_words(xlmr_tokenizer, zh, max_length=limit, keep_lone_prefix=True)
-    truncated = xlmr_tokenizer(zh[0], is_split_into_words=True, truncation=True, max_length=limit)["input_ids"]
-    assert kept.inputs["input_ids"][0].tolist() == truncated  # keep_lone_prefix: today's truncation
-    assert kept.word_mask[0].sum() < encoded.word_mask[0].sum()
+    assert kept.inputs["input_ids"][0].tolist() == truncated["input_ids"]  # kept pieces: the tokenizer's truncation
+    assert kept.word_mask[0].sum() == encoded.word_mask[0].sum()
+
+
+def test_lone_pieces_take_room_in_windows_too(xlmr_tokenizer, ud_sentences):
+    zh = [ud_sentences[0]]
+    limit = 10
+    counted = encode_words(xlmr_tokenizer, zh, max_length=limit, windows=True)
+    roomy = encode_words(xlmr_tokenizer, zh, max_length=limit, windows=True, lone_prefix_takes_room=False)
+    lone = set(lone_prefix_ids(xlmr_tokenizer))
+    encoding = xlmr_tokenizer(zh[0], is_split_into_words=True, add_special_tokens=False)
+    for rows in (counted, roomy):  # every word in exactly one window either way
+        assert rows.word_mask.sum(0)[: len(zh[0])].eq(1).all()
+    assert len(counted.sentence) > len(roomy.sentence)  # the pieces' room makes more windows
+    # each window of `counted` holds at most limit - 2 pieces, its deleted lone ones included
+    for row in range(len(counted.sentence)):
+        words = set(counted.token_word[row][counted.token_word[row] >= 0].tolist())
+        pieces = sum(1 for w in encoding.word_ids() if w in words)
+        assert pieces <= limit - 2
+    assert any(t in lone for t in encoding["input_ids"])
 
 
 def test_first_and_mean_pooling_by_hand(xlmr_tokenizer):

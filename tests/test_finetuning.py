@@ -464,7 +464,7 @@ def test_acl2023_code_preset_gives_each_choice_of_the_code():
     paper = make_settings({}, model="xlm-roberta-large")
     assert (paper.realign_layer, paper.joint_weight, paper.realign_projection, paper.learning_rate,
             paper.realign_schedule, paper.schedule_micro_batch_size, paper.length_group_factor, paper.precision,
-            paper.max_grad_norm) == (-1, 1.0, False, 2e-5, "linear", None, 1, "tf32", None)
+            paper.max_grad_norm) == (-1, 1.0, True, 2e-5, "linear", None, 1, "tf32", None)
     code = make_settings({"preset": "acl2023-code"}, model="xlm-roberta-large")
     assert code.realign_layer == -2 and code.joint_weight == 0.1 and code.realign_projection
     assert code.learning_rate == 7.5e-6 and code.realign_schedule == "constant"

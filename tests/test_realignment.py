@@ -124,6 +124,15 @@ def test_projection_head_is_linear_relu_linear_without_bias():
     assert head(torch.randn(5, 32)).shape == (5, 128)
 
 
+def test_projection_head_is_drawn_as_the_reference_initialised_it():
+    # transformers 4.18's from_pretrained gave the head (absent from the checkpoint) N(0, 0.02)
+    torch.manual_seed(0)
+    head = ProjectionHead(384, 128, initializer_range=0.02)
+    for layer in (head.layers[0], head.layers[2]):
+        assert abs(layer.weight.mean().item()) < 1e-3 and layer.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert Settings().realign_projection  # the reference's default: the paper names the framework, no ablation
+
+
 def test_methods_registry_and_did_you_mean():
     assert set(REALIGN_METHODS) == {"none", "before", "joint", "l2", "linear"}
     for name in ("before", "l2", "linear"):

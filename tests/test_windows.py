@@ -53,21 +53,30 @@ def pieces_without_lone(tokenizer, words: list[str]) -> list[list[int]]:
     return pieces
 
 
-def test_windows_cut_at_word_boundaries_and_lose_nothing(tokenizer, longest_ar):
+def room_taken(tokenizer, words: list[str], word_set: set[int]) -> int:
+    """Subwords of these words, lone "▁" pieces included (the reference counts them in the window)."""
+    return sum(w in word_set for w in tokenizer(words, is_split_into_words=True, add_special_tokens=False).word_ids())
+
+
+@pytest.mark.parametrize("takes_room", [True, False])
+def test_windows_cut_at_word_boundaries_and_lose_nothing(tokenizer, longest_ar, takes_room):
     words = longest_ar["words"]
-    encoded = encode_words(tokenizer, [words], 128, windows=True)
+    encoded = encode_words(tokenizer, [words], 128, windows=True, lone_prefix_takes_room=takes_room)
     ids, mask = encoded.inputs["input_ids"], encoded.inputs["attention_mask"].bool()
     assert len(ids) >= 3 and (encoded.sentence == 0).all()
     pieces = pieces_without_lone(tokenizer, words)
     content = []
     for row in range(len(ids)):
         row_ids = ids[row, mask[row]].tolist()
-        assert len(row_ids) <= 128
+        row_words = set(encoded.token_word[row][encoded.token_word[row] >= 0].tolist())
+        used = room_taken(tokenizer, words, row_words) if takes_room else len(row_ids) - 2
+        assert used <= 126
         assert row_ids[0] == tokenizer.cls_token_id and row_ids[-1] == tokenizer.sep_token_id
         content.append(row_ids[1:-1])
         if row + 1 < len(ids):  # greedy: the next window's first word would not have fitted
             next_word = int(encoded.token_word[row + 1][encoded.token_word[row + 1] >= 0][0])
-            assert len(row_ids) - 2 + len(pieces[next_word]) > 126
+            needs = room_taken(tokenizer, words, {next_word}) if takes_room else len(pieces[next_word])
+            assert used + needs > 126
     assert sum(content, []) == sum(pieces, [])  # every piece once, in order
     rows_per_word = torch.stack([(encoded.token_word == w).any(1) for w in range(len(words))]).sum(1)
     assert (rows_per_word == 1).all()  # no word split across windows

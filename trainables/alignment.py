@@ -26,7 +26,10 @@ excluded: a query whose every other cosine is negative finds itself, which count
 Exact ties occur at layer 0, where a word's vector depends only on its token and position, so
 the order of the sample matters there: it is kept as sampled, like the reference.
 
-Length limit (`align_max_length`, None: the tokenizer's limit). A pair is measurable when both
+Length limit (`align_max_length`, None: the tokenizer's limit). The reference measured the
+pre-trained model at 128 subwords and the fine-tuned one at the tokenizer's limit
+(`scripts/2023_acl/finetuning_and_alignment.py`): a measurement before fine-tuning reads
+`align_max_length_before` instead (`before_finetuning`). A pair is measurable when both
 of its words keep a subword after truncation; the reference maps the pairs to subwords and
 drops the unmeasurable ones before it counts them (`AdaptAlignmentToTokenizerMapper.realign_pairs`
 and the `filter` after it), so the sample holds measurable pairs only. A sampled pair that still
@@ -216,6 +219,12 @@ def resolve_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int | Non
     return limit
 
 
+def before_finetuning(settings: Settings) -> Settings:
+    """The settings of a measurement before fine-tuning (the pre-trained or realigned model): its
+    length limit is `align_max_length_before` (the reference's 128), not `align_max_length`."""
+    return replace(settings, align_max_length=settings.align_max_length_before)
+
+
 def _checked_index(sentences: Sequence[Sequence[str]], word_index: torch.Tensor) -> torch.Tensor:
     word_index = torch.as_tensor(word_index, dtype=torch.long).cpu()
     if word_index.ndim != 2 or word_index.shape[1] != 2:
@@ -258,7 +267,8 @@ def _batch_plan(
 def _encode(
     tokenizer: PreTrainedTokenizerBase, sentences: Sequence[Sequence[str]], max_length: int, settings: Settings
 ):
-    return encode_words(tokenizer, sentences, max_length, keep_lone_prefix=settings.keep_lone_prefix)
+    return encode_words(tokenizer, sentences, max_length, keep_lone_prefix=settings.keep_lone_prefix,
+                        lone_prefix_takes_room=settings.lone_prefix_takes_room)
 
 
 def words_present(
@@ -567,12 +577,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep XLM-R's lone '▁' ids in the model input (default: deleted, as the reference)")
     parser.add_argument("--parallel-subset", type=int, default=None, help="first N sentence pairs of the corpus")
     parser.add_argument("--batch-size", type=int, default=defaults.align_batch_size, help="sentences per forward pass")
-    parser.add_argument("--max-length", type=int, default=defaults.align_max_length,
-                        help="subwords per sentence (default: the tokenizer's limit)")
+    parser.add_argument("--max-length", type=_max_length_argument, default=defaults.align_max_length_before,
+                        help=f"subwords per sentence (default {defaults.align_max_length_before}: the reference's limit"
+                             " for a model before fine-tuning; 'none': the tokenizer's limit, the reference's after)")
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", default=None, help="CSV of results (" + ", ".join(RESULT_COLUMNS) + ")")
     parser.add_argument("--dump-pairs", default=None, help="TSV of the sampled pairs actually used, in search order")
     return parser
+
+
+def _max_length_argument(value: str) -> int | None:
+    """`--max-length`: a whole number, or "none" for the tokenizer's limit."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'none', got {value!r}") from None
 
 
 def _unknown(what: str, name: str, valid: Sequence[str]) -> str:

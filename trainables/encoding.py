@@ -18,12 +18,14 @@ when locating a word's first subword. A lone "▁" is never a word's only piece 
 pre-tokenizer attaches it to the word's first characters; a word that normalises to nothing has no
 piece at all), so deleting it never leaves a word without a subword.
 
-Length. The reference truncates first and deletes afterwards, so the room the deletion frees is
-lost; here sentences are tokenised whole, the lone pieces deleted, and only then truncated to
-`max_length` (special tokens included) or, with `windows=True`, cut into several rows of at most
-`max_length` tokens each, every row with the special tokens, at word boundaries, so that every
-word lies in exactly one row (the reference's overflow windows, `return_overflowing_tokens` with
-stride 0, cut at a subword and label a straddling word twice).
+Length. The reference truncates first and deletes afterwards, so a lone piece takes room in the
+`max_length` budget although it is not in the input: by default (`lone_prefix_takes_room=True`)
+the same here, the pieces counted where they stood, then deleted; with False they are deleted
+first and their room holds more words. A sentence is truncated to `max_length` (special tokens
+included) or, with `windows=True`, cut into several rows of at most `max_length` tokens each,
+every row with the special tokens, at word boundaries, so that every word lies in exactly one row
+(the reference's overflow windows, `return_overflowing_tokens` with stride 0, cut at a subword
+and label a straddling word twice).
 
 Everything after tokenisation is vectorised: rows are compacted with a cumulative-sum scatter and a
 word is located by a `scatter_reduce` over the flattened token grid, never by a Python loop over
@@ -103,12 +105,15 @@ def encode_words(
     second_segments: Sequence[Sequence[str]] | None = None,
     *,
     keep_lone_prefix: bool = False,
+    lone_prefix_takes_room: bool = True,
     windows: bool = False,
 ) -> EncodedWords:
     """Tokenise pre-segmented sentences (dynamic padding to the longest row, padding on the right).
 
     `max_length`: tokens per row, special tokens included (None: the tokenizer's limit). Lone "▁"
-    pieces of XLM-R's tokenizer are deleted first unless `keep_lone_prefix` (module docstring).
+    pieces of XLM-R's tokenizer are deleted unless `keep_lone_prefix`; with
+    `lone_prefix_takes_room` they count towards `max_length` as if still there (the reference
+    truncated, then deleted), else they are deleted before the length is counted (module docstring).
     Without `windows` a longer sentence is truncated (words beyond have no subword); with it, it
     becomes several consecutive rows cut at word boundaries (`EncodedWords.sentence` says whose).
     `second_segments`, if given, are encoded as the pair segment (NLI-style), truncated by the
@@ -154,7 +159,10 @@ def encode_words(
         budget = limit - special.sum(1)  # word tokens a row can hold
         if bool((budget < 1).any()):
             raise ValueError(f"max_length={limit} leaves no room for a word after the special tokens")
-        token_window = _token_windows(content, raw_word, n_words, budget, windows)
+        # the tokens that take room in a row: the word tokens, and the deleted lone pieces when
+        # they are counted as the reference's truncation counted them (before deleting)
+        room = content | (delete & first_segment) if lone_prefix_takes_room else content
+        token_window = _token_windows(content, room, raw_word, n_words, budget, windows)
 
     # One output row per (sentence, window); windows of a sentence in word order.
     n_windows = (token_window.max(1).values + 1).clamp(min=1)
@@ -195,22 +203,24 @@ def _index_grid(rows: Sequence[Sequence[int | None]]) -> torch.Tensor:
 
 
 def _token_windows(
-    content: torch.Tensor, word: torch.Tensor, n_words: int, budget: torch.Tensor, windows: bool
+    content: torch.Tensor, room: torch.Tensor, word: torch.Tensor, n_words: int, budget: torch.Tensor,
+    windows: bool,
 ) -> torch.Tensor:
     """(B, T) window index of each kept word token, -1 for the others and for tokens cut off.
 
-    Truncation: one window, the first `budget[b]` word tokens (a word may be cut, as by the
-    tokenizer's own truncation). Windows: greedy packing of whole words, each window as full as
-    the next word allows; a single word longer than a window is alone in its window, cut.
+    `room` marks the tokens that count towards a row's `budget` (the word tokens `content`, and
+    possibly deleted pieces). Truncation: one window, the first `budget[b]` counted tokens (a word
+    may be cut, as by the tokenizer's own truncation). Windows: greedy packing of whole words, each
+    window as full as the next word allows; a single word longer than a window is alone in it, cut.
     """
     n_rows = content.shape[0]
     width = max(n_words, 1)
-    rank = torch.cumsum(content.long(), 1) - 1  # position among the row's word tokens
+    rank = torch.cumsum(room.long(), 1) - 1  # position among the row's counted tokens
     word_window = torch.zeros(n_rows, width, dtype=torch.long)
     window_start = torch.zeros(n_rows, width, dtype=torch.long)  # rank of its window's first token
     if windows:
         pieces = torch.zeros(n_rows, width, dtype=torch.long)
-        pieces.scatter_add_(1, word.clamp(min=0), content.long())
+        pieces.scatter_add_(1, word.clamp(min=0), room.long())
         totals = pieces.sum(1)
         for row in torch.nonzero(totals > budget).squeeze(1).tolist():
             ends = np.cumsum(pieces[row].numpy())  # token rank just past each word

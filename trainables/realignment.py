@@ -174,16 +174,20 @@ def orthogonalise_(weight: torch.Tensor, beta: float) -> None:
 class ProjectionHead(nn.Module):
     """Wu & Dredze's projection, as in the reference code: Linear(h,h)-ReLU-Linear(h,d), no biases.
 
-    Used only for the contrastive loss; the task head reads the encoder's own states.
+    Used only for the contrastive loss; the task head reads the encoder's own states. Weights drawn
+    from N(0, initializer_range), as the reference's transformers (4.18, `from_pretrained` with
+    fast init) initialised the head's weights, absent from the checkpoint, with `_init_weights`.
     """
 
-    def __init__(self, hidden_size: int, output_size: int) -> None:
+    def __init__(self, hidden_size: int, output_size: int, initializer_range: float = 0.02) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Linear(hidden_size, hidden_size, bias=False),
             nn.ReLU(),
             nn.Linear(hidden_size, output_size, bias=False),
         )
+        for layer in (self.layers[0], self.layers[2]):
+            nn.init.normal_(layer.weight, mean=0.0, std=initializer_range)
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         return self.layers(vectors)
@@ -362,14 +366,15 @@ def encode_realignment_batch(
 
     Each sentence is truncated to `realign_max_length` subwords (96, the reference's
     scripts/2023_acl/controlled_realignment.py; each side alone, as its
-    `AdaptAlignmentToTokenizerMapper`), after XLM-R's lone "▁" pieces are deleted (as there;
-    `keep_lone_prefix`). `counts`, if given, accumulates "pairs" (extracted pairs seen) and
+    `AdaptAlignmentToTokenizerMapper`); XLM-R's lone "▁" pieces are deleted (as there;
+    `keep_lone_prefix`) after taking their room (`lone_prefix_takes_room`). `counts`, if given, accumulates "pairs" (extracted pairs seen) and
     "pairs_dropped" (lost to the limit). All index arithmetic is on CPU, so that a step has no
     device-to-host synchronisation.
     """
     n_sentence_pairs = len(batch)
     encoded = encode_words(
-        tokenizer, batch.en_words + batch.x_words, settings.realign_max_length, keep_lone_prefix=settings.keep_lone_prefix
+        tokenizer, batch.en_words + batch.x_words, settings.realign_max_length, keep_lone_prefix=settings.keep_lone_prefix,
+        lone_prefix_takes_room=settings.lone_prefix_takes_room,
     )
     n_words = encoded.first_subword.shape[1]
     present = encoded.word_mask.flatten()  # (2B * n_words,) over word slots (sentence, word)
@@ -485,7 +490,8 @@ def contrastive_objective(model: PreTrainedModel, settings: Settings, seed: int)
     if settings.realign_projection:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            head = ProjectionHead(model.config.hidden_size, settings.realign_projection_dim)
+            head = ProjectionHead(model.config.hidden_size, settings.realign_projection_dim,
+                                  getattr(model.config, "initializer_range", 0.02))
     return ContrastiveObjective(head)
 
 

@@ -3,8 +3,8 @@
 Defaults follow the paper's text where it is explicit (Gaschi et al. 2023, §3.3 and Appendix B.3)
 and the reference code's behaviour where the text is silent (docs/protocol.md, one row a choice).
 Where the code contradicts the text, the `acl2023-code` preset reproduces the code (realigned
-layer off by one, joint weight 0.1, projection head, XLM-R learning rate 7.5e-6, ...), so the
-published numbers can be matched too.
+layer off by one, joint weight 0.1, XLM-R learning rate 7.5e-6, ...), so the published numbers
+can be matched too.
 """
 from __future__ import annotations
 
@@ -193,6 +193,7 @@ SETTING_RULES: dict[str, Rule] = {
     "nli_max_length": LENGTH,
     "long_sentences": one_of("windows", "truncate"),
     "keep_lone_prefix": flag(),
+    "lone_prefix_takes_room": flag(),
     "ner_post_processing": flag(),
     "ner_zh_words": flag(),
     "ctl_reference_split": one_of("test", "dev"),
@@ -203,6 +204,7 @@ SETTING_RULES: dict[str, Rule] = {
     "align_pooling": one_of("first", "mean"),
     "align_batch_size": POSITIVE,
     "align_max_length": _optional(LENGTH),
+    "align_max_length_before": _optional(LENGTH),
     "align_sampling": one_of("sentences", "uniform"),
     "eval_pairs": _optional(_registered("pair source", _pair_sources)),
     "eval_corpus": _optional(text("a corpus name")),  # registered or a local folder: checked with the data
@@ -280,6 +282,10 @@ class Settings:
     # XLM-R tokenizers: the reference deletes the lone "▁" ids from the model's input; True keeps
     # them in the input (they are then only skipped when pooling).
     keep_lone_prefix: bool = False
+    # The reference truncates to a length limit first and deletes the lone pieces afterwards, so
+    # they take room in the limit (alignment 128, realignment 96, task windows 128); False deletes
+    # them first, so that room holds more words.
+    lone_prefix_takes_room: bool = True
     # NER: the reference post-processes predictions before seqeval (Wu & Dredze's rule).
     ner_post_processing: bool = True
     # WikiANN zh test is one character per token: re-segment into words (jieba), labels realigned.
@@ -301,8 +307,11 @@ class Settings:
     align_seed: int = 42
     align_pooling: str = "first"  # "first" subword (paper) or "mean" of subwords
     align_batch_size: int = 64  # sentences per forward pass
-    # None: the tokenizer's limit, so that no sampled pair is lost to a length limit.
+    # Subwords per sentence when measuring, pairs beyond never sampled. After fine-tuning: None,
+    # the tokenizer's limit; before it (the pre-trained and the realigned model): 128. Both the
+    # reference's (scripts/2023_acl/finetuning_and_alignment.py).
     align_max_length: int | None = None
+    align_max_length_before: int | None = 128
     # "sentences" (the reference): shuffled sentences taken whole, with all their pairs, until
     # align_pairs; "uniform": align_pairs pairs drawn uniformly from all pairs.
     align_sampling: str = "sentences"
@@ -316,7 +325,9 @@ class Settings:
     realign_max_length: int = 96
     realign_temperature: float = 0.1
     realign_layer: int = -1  # index into hidden_states (0 = embeddings); -1 = last layer output
-    realign_projection: bool = False  # Wu & Dredze's Linear-ReLU-Linear head
+    # Wu & Dredze's Linear-ReLU-Linear head on the realigned vectors (the "framework of Chen et al.
+    # (2020)", §3.3): the reference's default (realignment_transformation=[hidden, 128]).
+    realign_projection: bool = True
     realign_projection_dim: int = 128
     joint_weight: float = 1.0  # Eq. 3: L = L_task + w * L_realign (code: 0.1)
     realign_steps: int | None = None  # `before`: None = as many as fine-tuning optimizer steps

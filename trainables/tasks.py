@@ -298,7 +298,8 @@ class TokenTagging(Task):
                 label_ids.append(self._label_ids(example["labels"], f"{self.name} example {i}"))
             encoded = encode_words(
                 tokenizer, words, settings.task_max_length,
-                keep_lone_prefix=settings.keep_lone_prefix, windows=settings.long_sentences == "windows",
+                keep_lone_prefix=settings.keep_lone_prefix, lone_prefix_takes_room=settings.lone_prefix_takes_room,
+                windows=settings.long_sentences == "windows",
             )
             mask = encoded.inputs["attention_mask"]
             for name, values in encoded.inputs.items():

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainables.alignment import MEASUREMENT_VERSION, alignment_metrics, measure_alignment
+from trainables.alignment import MEASUREMENT_VERSION, alignment_metrics, before_finetuning, measure_alignment
 from trainables.cache import (
     MODEL_PARTS,
     TOKENIZER_PARTS,
@@ -149,7 +149,7 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
 # Every setting that changes featurised task data (the subset comes as its own argument). Training
 # settings stay out, so trials that differ only in them share their features.
 FEATURE_SETTINGS: tuple[str, ...] = ("task_max_length", "nli_max_length", "long_sentences", "keep_lone_prefix",
-                                     "ner_zh_words", "ud_multiword_tokens")
+                                     "lone_prefix_takes_room", "ner_zh_words", "ud_multiword_tokens")
 
 
 def featurize_cached(
@@ -184,17 +184,20 @@ def load_model(config: Mapping[str, Any], inputs: TrialInputs) -> PreTrainedMode
 # --- phase: measure ------------------------------------------------------------------------------
 
 
-def measure(model: PreTrainedModel, inputs: TrialInputs,
+def measure(model: PreTrainedModel, inputs: TrialInputs, finetuned: bool,
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Alignment at every layer, strong and weak, both directions: {kind: {direction: {lang: {layer}}}}.
-    `on_progress(done, total)`: sentences encoded (`measure_alignment`)."""
-    table = measure_alignment(model, inputs.tokenizer, inputs.corpora, inputs.settings, on_progress=on_progress)
+    Before fine-tuning (`finetuned=False`) at the reference's length limit for it
+    (`alignment.before_finetuning`). `on_progress(done, total)`: sentences encoded (`measure_alignment`)."""
+    settings = inputs.settings if finetuned else before_finetuning(inputs.settings)
+    table = measure_alignment(model, inputs.tokenizer, inputs.corpora, settings, on_progress=on_progress)
     return alignment_metrics(table)
 
 
 # Every setting that changes the measured alignment besides the model and the corpora's content.
 ALIGNMENT_SETTINGS: tuple[str, ...] = ("align_pairs", "align_seed", "align_pooling", "align_sampling",
-                                       "align_max_length", "keep_lone_prefix", "langs", "parallel_subset",
+                                       "align_max_length", "align_max_length_before", "keep_lone_prefix",
+                                       "lone_prefix_takes_room", "langs", "parallel_subset",
                                        "subset_mode", "subset_seed", "precision")
 
 
@@ -203,7 +206,7 @@ def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inpu
     """The pre-trained model's alignment, shared by all trials of that model (its files' content)
     and evaluation pairs (their content), whatever the task: the task head does not change the
     encoder's hidden states. `on_progress` as in `measure` (not called when it is cached)."""
-    s = inputs.settings
+    s = before_finetuning(inputs.settings)
     key = cache_key(model=model_fingerprint(config["model_source"], MODEL_PARTS), corpus=config["corpus"],
                     pairs=config["pairs"], corpora={lang: c.fingerprint for lang, c in inputs.corpora.items()},
                     settings=settings_parts(s, ALIGNMENT_SETTINGS), device=resolve_device(s).type,
@@ -332,7 +335,8 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
         realign_sequentially(model, realigner, steps, settings, resume, seed=seed, on_step=progress,
                              on_checkpoint=realign_checkpoint, checkpoint_every=REALIGN_CHECKPOINT_EVERY)
         report(progress_row("measure-realigned"), None)
-        metrics["align"]["realigned"] = measure(model, inputs, on_progress=units.phase("measure-realigned"))
+        metrics["align"]["realigned"] = measure(model, inputs, finetuned=False,
+                                                on_progress=units.phase("measure-realigned"))
         state["done"].append("realigned")
         state["realigned_model"] = model.state_dict()
         state["in_progress"] = None
@@ -352,7 +356,8 @@ def run_trial(config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, r
         state["in_progress"] = None
         # measure: the fine-tuned model
         report(progress_row("measure-finetuned"), None)
-        metrics["align"]["finetuned"] = measure(model, inputs, on_progress=units.phase("measure-finetuned"))
+        metrics["align"]["finetuned"] = measure(model, inputs, finetuned=True,
+                                                on_progress=units.phase("measure-finetuned"))
         metrics.update(scores_and_transfer(model, inputs))
         state["done"].append("finetuned")
         if config.get("model_dir"):  # --keep-models: the only copy of the weights that outlives the trial
