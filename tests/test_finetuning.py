@@ -298,6 +298,29 @@ def uninterrupted(small_tokenizer, ewt_train, ntrex_es):
     return joint_run(small_tokenizer, ewt_train[:40], ntrex_es, seed=7)
 
 
+def test_joint_stream_restarts_each_epoch_or_continues(small_tokenizer, ewt_train, ntrex_es):
+    batches_read = {}
+    for mode in ("restart", "continue"):
+        model = tiny_model(small_tokenizer, seed=0)
+        settings = replace(TINY, joint_realign_stream=mode)
+        realigner = build_realigner(model, small_tokenizer, ntrex_es, settings, 7, CPU)
+        read = []
+        original = type(realigner.batches).__next__
+
+        class Recording(type(realigner.batches)):  # the same stream, its batches recorded
+            def __next__(self):
+                batch = original(self)
+                read.append(tuple(map(tuple, batch.x_words)))
+                return batch
+
+        realigner.batches.__class__ = Recording
+        fine_tune(model, small_tokenizer, "udpos", ewt_train[:40], settings, seed=7, realign=realigner)
+        batches_read[mode] = read
+    restart, continued = batches_read["restart"], batches_read["continue"]
+    assert len(restart) == len(continued) == 6  # 3 optimizer steps an epoch, 2 epochs
+    assert restart[3:] == restart[:3] and continued[3:] != continued[:3] and continued[:3] == restart[:3]
+
+
 def test_resuming_from_an_epoch_checkpoint_equals_an_uninterrupted_run(small_tokenizer, ewt_train, ntrex_es, uninterrupted, tmp_path):
     tokenizer = small_tokenizer
     model, realigner, losses = uninterrupted
@@ -313,7 +336,8 @@ def test_resuming_from_an_epoch_checkpoint_equals_an_uninterrupted_run(small_tok
     expected = model.state_dict()
     assert all(torch.equal(value, expected[name]) for name, value in resumed_model.state_dict().items())
     assert all(torch.equal(a, b) for a, b in zip(resumed_realigner.parameters(), realigner.parameters()))
-    assert resumed_realigner.batches.drawn == realigner.batches.drawn == 24
+    # the stream starts over at each epoch (joint_realign_stream="restart"): one epoch of draws
+    assert resumed_realigner.batches.drawn == realigner.batches.drawn == 12
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(small_tokenizer, ewt_train, ntrex_es, es_pos_test, uninterrupted):

@@ -49,7 +49,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -66,6 +66,7 @@ from trainables.realignment import input_language
 from trainables.runtime import autocast, eval_mode, resolve_device
 from trainables.settings import Settings
 from trainables.registry import unknown_name
+from trainables.shuffle import SHUFFLE_BUFFER, shuffled_positions  # noqa: F401 - SHUFFLE_BUFFER re-exported
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,6 @@ MEASUREMENT_VERSION = "2"
 # large samples or deep models are searched in query chunks instead of one huge matrix.
 MAX_SIMILARITY_ELEMENTS = 2**26
 MIN_PAIRS = 2  # with a single pair, the weak search has no wrong candidate and is trivially right
-# The reference shuffles its sentence stream with a buffer of 10,000 (realignment_task.py), and
-# HF datasets draws the buffer's replacement indexes 1000 at a time (datasets 2.4.0,
-# BufferShuffledExamplesIterable._iter_random_indices).
-SHUFFLE_BUFFER = 10_000
-SHUFFLE_DRAW_BATCH = 1000
 # transformers gives a tokenizer that declares no limit model_max_length = int(1e30).
 NO_TOKENIZER_LIMIT = 10**9
 ENCODE_BATCH = 256  # sentences tokenised at a time to check which pairs are measurable
@@ -95,30 +91,6 @@ Measurable = Callable[[pd.DataFrame], np.ndarray]
 
 # --------------------------------------------------------------------------------------------
 # Sampling
-
-
-def shuffled_positions(n: int, seed: int, buffer_size: int = SHUFFLE_BUFFER) -> Iterator[int]:
-    """Positions 0..n-1 in the order HF datasets 2.4.0's `IterableDataset.shuffle` yields them.
-
-    The reference's pinned version (scripts/2023_acl/requirements.txt: datasets==2.4.0) fills a
-    buffer of `buffer_size` items; each further item makes it yield the buffer slot at a random
-    index (drawn `SHUFFLE_DRAW_BATCH` at a time with `rng.integers`) and take that slot's place;
-    at the end the rest of the buffer is shuffled (`rng.shuffle`) and yielded. The generator is
-    `np.random.default_rng(seed)`, unconsumed before iteration. With n <= buffer_size this is
-    `default_rng(seed).permutation(n)`. Lazy: a sample of a few hundred sentences from a corpus
-    of a million draws only what it uses.
-    """
-    if n < 0 or buffer_size < 1:
-        raise ValueError(f"shuffled_positions needs n >= 0 and buffer_size >= 1, got {n} and {buffer_size}")
-    rng = np.random.default_rng(seed)
-    buffer = np.arange(min(n, buffer_size))
-    for incoming in range(len(buffer), n, SHUFFLE_DRAW_BATCH):
-        draws = rng.integers(0, buffer_size, size=SHUFFLE_DRAW_BATCH)
-        for slot, item in zip(draws.tolist(), range(incoming, min(incoming + SHUFFLE_DRAW_BATCH, n))):
-            yield int(buffer[slot])
-            buffer[slot] = item
-    rng.shuffle(buffer)
-    yield from buffer.tolist()
 
 
 def _sorted_pairs(pairs: pd.DataFrame) -> pd.DataFrame:

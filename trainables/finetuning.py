@@ -25,7 +25,8 @@ waste its remaining steps. The check reads the step's accumulated loss once per 
 Loss of an optimizer step: the mean of its micro-batch losses weighted by their example counts
 (equal weights when micro-batches are full), which with batch_size == micro_batch_size is exactly
 the model's loss on the batch. Joint realignment (Eq. 3) adds `joint_weight` times the loss of one
-realignment batch per optimizer step, with its own backward pass (gradients add up, as with one).
+realignment batch per optimizer step, with its own backward pass (gradients add up, as with one);
+with `joint_realign_stream="restart"` (the reference) the batch stream starts over at every epoch.
 
 Batches are length-grouped: each epoch the examples are shuffled (seeded by seed and epoch), cut
 into chunks of `length_group_factor * batch_size`, sorted by length inside a chunk, and cut into
@@ -324,6 +325,10 @@ def fine_tune(
     if realign is not None:
         realign.train()
     while epoch < settings.epochs:
+        if realign is not None and settings.joint_realign_stream == "restart":
+            # the reference's epoch loop made a new iterator of its realignment data at every epoch
+            # (training/epoch_loop.py): each epoch reads the same first batches of the stream
+            realign.batches.restart()
         for indices in optimizer_batches(features.lengths, settings, seed, epoch):
             lr = scheduler.get_last_lr()[0]
             task_loss = torch.zeros((), device=device)

@@ -64,6 +64,7 @@ from trainables.models import model_family
 from trainables.runtime import autocast
 from trainables.settings import Settings
 from trainables.registry import lookup
+from trainables.shuffle import ShuffledStream
 
 if TYPE_CHECKING:  # pairs.py imports nothing from here; only its attributes are used
     from trainables.pairs import AlignedCorpus
@@ -215,16 +216,23 @@ class RealignmentBatch:
 
 
 class RealignmentBatches(Iterator[RealignmentBatch]):
-    """Endless, seeded stream of realignment batches mixing all target languages (App. B.3).
+    """Endless, seeded stream of realignment batches mixing all target languages (App. B.3), the
+    reference's (`get_multilingual_realignment_dataset`, realignment_task.py).
 
-    Only sentence pairs with at least one extracted word pair are used. Languages are interleaved
-    round-robin: draw k of the stream comes from language `langs[k % n]` (languages sorted by
-    name), so each batch of 16 holds 3 or 4 pairs of each of 5 languages. Each language has its
-    own order, a fresh seeded permutation per pass over its sentences; when a language runs out it
-    restarts (as the reference's realignment data loader did) without affecting the others.
+    Each language's stream is its sentence pairs that hold at least one extracted word pair, in
+    corpus order, buffer-shuffled with the trial's seed as the reference's
+    `IterableDataset.shuffle(seed, buffer_size=10_000)` (HF datasets 2.4.0; every language with the
+    same seed: `shuffle.shuffled_positions`). Languages are interleaved round-robin (languages
+    sorted by name, `interleave_datasets`): draw k comes from language `langs[k % n]`, so each batch
+    of 16 holds 3 or 4 pairs of each of 5 languages. The interleaved stream ends when the language
+    whose turn it is has no sentence left (datasets' `CyclingMultiSourcesExamplesIterable`) and then
+    starts over in the same order (the reference's `get_next_or_restart`; the shuffle's generator
+    is copied before each pass). Draws 0..D-1 read only each language's first D / n + 10,000
+    sentences (`shuffle.items_read`).
 
     The whole position is the number of sentence pairs drawn so far: `state_dict()` is small and
-    goes into the trial's checkpoint; `load_state_dict()` resumes exactly.
+    goes into the trial's checkpoint; `load_state_dict()` resumes exactly. `restart()` starts the
+    stream over, as the reference did at each epoch of joint training.
     """
 
     def __init__(self, corpora: Mapping[str, "AlignedCorpus"], batch_size: int, seed: int) -> None:
@@ -247,7 +255,10 @@ class RealignmentBatches(Iterator[RealignmentBatch]):
             raise ValueError(f"realignment: no word pair in any language ({', '.join(sorted(corpora)) or 'none given'})")
         if empty:
             warnings.warn(f"realignment: no word pair in language(s) {', '.join(empty)}; they are left out")
-        self._permutations: dict[str, tuple[int, np.ndarray]] = {}
+        self._streams = {lang: ShuffledStream(len(self._usable[lang]), seed) for lang in self.langs}
+        n_langs = len(self.langs)
+        # draws in one pass: it ends at the first draw whose language has run out
+        self.pass_length = min(n_langs * len(self._usable[lang]) + i for i, lang in enumerate(self.langs))
 
     def _index_corpus(self, lang: str, corpus: "AlignedCorpus") -> int:
         frame = corpus.pairs
@@ -288,23 +299,15 @@ class RealignmentBatches(Iterator[RealignmentBatch]):
     def __iter__(self) -> "RealignmentBatches":
         return self
 
-    def _permutation(self, lang_index: int, lang: str, epoch: int) -> np.ndarray:
-        cached = self._permutations.get(lang)
-        if cached is None or cached[0] != epoch:
-            rng = np.random.default_rng((self.seed, lang_index, epoch))
-            cached = (epoch, rng.permutation(len(self._usable[lang])))
-            self._permutations[lang] = cached
-        return cached[1]
-
     def _draw(self, k: int) -> tuple[str, int]:
-        """Language and corpus sentence id of the k-th sentence pair of the stream."""
-        n_langs = len(self.langs)
-        lang_index = k % n_langs
-        lang = self.langs[lang_index]
-        count = k // n_langs  # draws of this language before this one
-        n_usable = len(self._usable[lang])
-        position = self._permutation(lang_index, lang, count // n_usable)[count % n_usable]
-        return lang, int(position)
+        """Language and position among its usable sentences of the k-th sentence pair of the stream."""
+        k %= self.pass_length
+        lang = self.langs[k % len(self.langs)]
+        return lang, self._streams[lang][k // len(self.langs)]
+
+    def restart(self) -> None:
+        """Start the stream over: the next batch is its first again."""
+        self.drawn = 0
 
     def __next__(self) -> RealignmentBatch:
         langs, en_words, x_words, pair_blocks = [], [], [], []

@@ -215,6 +215,7 @@ SETTING_RULES: dict[str, Rule] = {
     "realign_projection": flag(),
     "realign_projection_dim": POSITIVE,
     "joint_weight": number(0),
+    "joint_realign_stream": one_of("restart", "continue"),
     "realign_steps": _optional(POSITIVE),
     "realign_schedule": one_of("linear", "constant"),
     "dico_lowercase": flag(),
@@ -330,6 +331,9 @@ class Settings:
     realign_projection: bool = True
     realign_projection_dim: int = 128
     joint_weight: float = 1.0  # Eq. 3: L = L_task + w * L_realign (code: 0.1)
+    # `joint`: "restart" reads the realignment stream from its start at every epoch, as the
+    # reference's epoch loop did (so 5 epochs see one epoch's batches 5 times); "continue" reads on.
+    joint_realign_stream: str = "restart"
     realign_steps: int | None = None  # `before`: None = as many as fine-tuning optimizer steps
     # `before`: "linear" warm-up and decay like fine-tuning; "constant": plain Adam at
     # learning_rate with no schedule (the reference code).
