@@ -484,3 +484,39 @@ def test_word_lists_behave_like_lists():
     assert list(lists) == words and lists == words and lists != [["a"]]
     with pytest.raises(IndexError, match="sentence 3 out of range"):
         lists[3]
+
+
+# --- AWESOME on the head of the corpus that trials read ---------------------------------------------
+
+
+def test_a_head_only_source_extracts_parts_until_the_head_holds_enough_paired_sentences(tmp_path, monkeypatch):
+    assert PAIR_SOURCES["awesome"].head_only and not PAIR_SOURCES["dico"].head_only
+    calls = []
+
+    def counted(en_words, x_words, lang, context):
+        calls.append(len(en_words))
+        return pairs_module.dico_source(en_words, x_words, lang, context)
+
+    whole = extract_pairs("ntrex", "es", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(1000))
+    monkeypatch.setitem(PAIR_SOURCES, "dico", pairs_module.PairSource(counted, head_only=True))
+    paired_lines = np.unique(whole.pairs["sentence"])
+    need = int((paired_lines < 250).sum()) + 1  # more paired sentences than the first 250 lines hold
+    head = extract_pairs("ntrex", "es", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(1000),
+                         chunk_size=250, min_paired=need)
+    # two parts of 250 lines: their pairs are the whole corpus's pairs of those lines, nothing beyond
+    assert head.head_paired == int((paired_lines < 500).sum()) >= need
+    pd.testing.assert_frame_equal(head.pairs, whole.pairs[whole.pairs["sentence"] < 500].reset_index(drop=True))
+    assert head.en_words == whole.en_words  # the words of the whole corpus, for its later lines too
+    assert sum(calls) == 500
+    # a longer head reuses the parts already extracted and adds one
+    longer = extract_pairs("ntrex", "es", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(1000),
+                           chunk_size=250, min_paired=head.head_paired + 1)
+    assert sum(calls) == 750 and longer.head_paired == int((paired_lines < 750).sum())
+    # a head as long as the corpus is the whole corpus
+    everything = extract_pairs("ntrex", "es", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(1000),
+                               chunk_size=250, min_paired=10**6)
+    assert everything.head_paired is None and sum(calls) == 1000
+    pd.testing.assert_frame_equal(everything.pairs, whole.pairs)
+    # without min_paired (the CLI, prefetch) a head-only source extracts the whole corpus at once
+    extract_pairs("ntrex", "es", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(1000))
+    assert sum(calls) == 1000  # the whole-corpus file was already there, from the first call

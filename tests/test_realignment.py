@@ -154,6 +154,7 @@ class Corpus:  # same attributes as pairs.AlignedCorpus
     en_words: list[list[str]]
     x_words: list[list[str]]
     pairs: pd.DataFrame
+    head_paired: int | None = None
 
 
 def toy_corpus(lang: str, n_sentences: int, without_pairs: set[int]) -> Corpus:
@@ -221,6 +222,20 @@ def test_joint_training_restarts_the_stream_each_epoch_as_the_reference():
     stream.restart()
     assert [batch_key(next(stream)) for _ in range(2)] == first
     assert Settings().joint_realign_stream == "restart"
+
+
+def test_a_stream_on_the_head_of_a_corpus_is_the_whole_corpus_stream_until_its_limit():
+    from trainables.shuffle import SHUFFLE_BUFFER
+
+    whole = {lang: toy_corpus(lang, SHUFFLE_BUFFER + 900, without_pairs=set()) for lang in ("es", "fr")}
+    head_lines = SHUFFLE_BUFFER + 300  # the head holds these paired sentences: 300 draws a language are certain
+    head = {lang: Corpus(lang, c.en_words, c.x_words, c.pairs[c.pairs.sentence < head_lines], head_paired=head_lines)
+            for lang, c in whole.items()}
+    full_stream, head_stream = RealignmentBatches(whole, 20, seed=3), RealignmentBatches(head, 20, seed=3)
+    for _ in range(30):  # 600 draws: 300 a language
+        assert batch_key(next(head_stream)) == batch_key(next(full_stream))
+    with pytest.raises(ValueError, match="past the 300 that the extracted head"):
+        next(head_stream)
 
 
 def test_batches_are_seeded_and_resume_from_their_state():

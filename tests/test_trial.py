@@ -173,3 +173,38 @@ def test_long_phases_report_units_done_of_a_known_total(toy_assets, tmp_path, mo
     for phase in ("measure-pretrained", "measure-realigned", "measure-finetuned"):
         assert len(counted[phase]) == 1 and counted[phase][0][:2] == ("", 0) and counted[phase][0][2] > 0, phase
     assert counted["measure-pretrained"][0][2] == counted["measure-finetuned"][0][2]  # the same sample
+
+
+def test_a_trial_reads_the_head_of_each_corpus_its_streams_need():
+    from trainables.realignment import get_realign_method
+    from trainables.settings import Settings
+    from trainables.trial import paired_sentences_read
+
+    # POS at the paper's size: 12,543 sentences, batch 32 -> 392 steps an epoch, 1,960 in 5 epochs
+    paper = Settings()
+    before, joint, none = (get_realign_method(name) for name in ("before", "joint", "none"))
+    # sequential: 1,960 steps x 16 = 31,360 sentence pairs, 6,272 a language, + the shuffle's 10,000
+    assert paired_sentences_read(before, 12_543, paper) == 6_272 + 10_000
+    # joint restarts its stream each epoch: one epoch's 392 x 16 / 5 = 1,255 < the alignment sample's 4 x 1,000
+    assert paired_sentences_read(joint, 12_543, paper) == 4_000 + 10_000
+    continued = Settings(joint_realign_stream="continue")
+    assert paired_sentences_read(joint, 12_543, continued) == 6_272 + 10_000
+    assert paired_sentences_read(none, 12_543, paper) == 4_000 + 10_000
+    # XNLI, 2 epochs: 12,272 x 2 = 24,544 steps, 392,704 sentence pairs, 78,541 a language (rounded up)
+    assert paired_sentences_read(before, 392_702, Settings(epochs=2)) == 78_541 + 10_000
+
+
+def test_the_alignment_sample_of_a_head_is_refused_past_what_the_head_makes_certain():
+    import numpy as np
+    import pandas as pd
+
+    from trainables.alignment import sample_pairs
+    from trainables.shuffle import SHUFFLE_BUFFER
+
+    n = SHUFFLE_BUFFER + 200
+    pairs = pd.DataFrame({"sentence": np.arange(n), "src_index": 0, "tgt_index": 0, "src_word": "a", "tgt_word": "b"})
+    whole = sample_pairs(pairs, 40, seed=42)
+    head = sample_pairs(pairs, 40, seed=42, head_paired=n)  # 200 certain draws; 51 drawn for 40 sentences
+    pandas.testing.assert_frame_equal(head, whole)
+    with pytest.raises(ValueError, match="extract a longer head"):
+        sample_pairs(pairs, 200, seed=42, head_paired=n)

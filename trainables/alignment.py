@@ -42,6 +42,7 @@ Run as a command: `python -m trainables.alignment --model PATH --data-dir DIR --
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import logging
 import sys
@@ -99,17 +100,23 @@ def _sorted_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
     return pairs.sort_values(["sentence", "src_index"], kind="stable").reset_index(drop=True)
 
 
-def _sample_sentences(pairs: pd.DataFrame, n: int, seed: int, measurable: Measurable | None) -> pd.DataFrame:
-    """The reference's sample: whole shuffled sentences in turn, measurable pairs only, the last cut."""
+def _sample_sentences(pairs: pd.DataFrame, n: int, seed: int, measurable: Measurable | None,
+                      limit: int | None = None) -> pd.DataFrame:
+    """The reference's sample: whole shuffled sentences in turn, measurable pairs only, the last cut.
+    `limit`: how many shuffled positions may be drawn (a corpus head's, `sample_pairs`)."""
     table = _sorted_pairs(pairs)
     sentence_ids, starts, counts = np.unique(table["sentence"].to_numpy(), return_index=True, return_counts=True)
     order = shuffled_positions(len(sentence_ids), seed)
     # sentences examined per round: enough for n pairs at the corpus's mean, then twice as many
     per_round = max(16, int(1.25 * n / max(1.0, len(table) / max(1, len(sentence_ids)))) + 1)
     taken: list[pd.DataFrame] = []
-    total = 0
+    total = drawn = 0
     while total < n:
         positions = np.fromiter(itertools.islice(order, per_round), dtype=np.int64)
+        drawn += len(positions)
+        if limit is not None and drawn > limit:
+            raise ValueError(f"the alignment sample drew {drawn} shuffled sentences, past the {limit} that the"
+                             " extracted head of the corpus makes certain: extract a longer head (min_paired)")
         if len(positions) == 0:
             break  # every sentence used: fewer pairs than asked
         lengths = counts[positions]
@@ -148,7 +155,8 @@ def _sample_uniform(pairs: pd.DataFrame, n: int, seed: int, measurable: Measurab
 
 
 def sample_pairs(
-    pairs: pd.DataFrame, n: int, seed: int, sampling: str = "sentences", measurable: Measurable | None = None
+    pairs: pd.DataFrame, n: int, seed: int, sampling: str = "sentences", measurable: Measurable | None = None,
+    head_paired: int | None = None,
 ) -> pd.DataFrame:
     """The `n` pairs alignment is measured on (all measurable ones if fewer), in search order.
 
@@ -156,6 +164,9 @@ def sample_pairs(
     cut, in sampled order) or "uniform" (n pairs drawn uniformly, in corpus order).
     `measurable(rows) -> bool array` says which pairs can be measured (both words within the
     length limit); unmeasurable pairs are never sampled. None: all pairs are measurable.
+    `head_paired`: the pairs are those of the corpus's head only, this many paired sentences
+    (`AlignedCorpus.head_paired`): the sentence sample is then the whole corpus's as long as it
+    draws fewer than head_paired - SHUFFLE_BUFFER shuffled positions, and raises otherwise.
     """
     missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
     if missing:
@@ -164,8 +175,10 @@ def sample_pairs(
         raise ValueError(f"number of pairs to sample must be >= 0, got {n}")
     if sampling not in SAMPLINGS:
         raise ValueError(f"setting align_sampling={sampling!r}: valid are {', '.join(map(repr, SAMPLINGS))}")
-    sampler = _sample_sentences if sampling == "sentences" else _sample_uniform
-    return sampler(pairs[list(PAIR_COLUMNS)], n, seed, measurable)
+    if sampling == "uniform":
+        return _sample_uniform(pairs[list(PAIR_COLUMNS)], n, seed, measurable)
+    limit = None if head_paired is None else head_paired - SHUFFLE_BUFFER
+    return _sample_sentences(pairs[list(PAIR_COLUMNS)], n, seed, measurable, limit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,6 +420,48 @@ def alignment_accuracy(
 # Measurement over languages
 
 
+def alignment_samples(
+    tokenizer: PreTrainedTokenizerBase,
+    corpora: Mapping[str, AlignedCorpus],
+    settings: Settings,
+    n_pairs: int | None = None,
+    seed: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Each language's sample of measurable pairs (`sample_pairs`), in search order: what
+    `measure_alignment` measures. Tokenisation only. `n_pairs` / `seed` default to
+    `settings.align_pairs` / `settings.align_seed`; the same seed serves every language."""
+    n_pairs = settings.align_pairs if n_pairs is None else n_pairs
+    seed = settings.align_seed if seed is None else seed
+    max_length = resolve_max_length(tokenizer, settings.align_max_length)
+    samples: dict[str, pd.DataFrame] = {}
+    for lang, corpus in corpora.items():
+        samples[lang] = sample = sample_pairs(
+            corpus.pairs, n_pairs, seed, settings.align_sampling,
+            measurable=lambda candidates, corpus=corpus: measurable_pairs(tokenizer, corpus, candidates, settings),
+            head_paired=getattr(corpus, "head_paired", None),
+        )
+        if len(sample) < MIN_PAIRS:
+            raise ValueError(
+                f"language {lang}: only {len(sample)} measurable word pair(s) (align_max_length={max_length})"
+            )
+    return samples
+
+
+def samples_fingerprint(corpora: Mapping[str, AlignedCorpus], samples: Mapping[str, pd.DataFrame]) -> str:
+    """A short hash of exactly what a measurement reads: each language's sampled pairs, in search
+    order, and the words of their sentences on both sides (a cache key by content: two corpora
+    that give the same sample give the same alignment)."""
+    digest = hashlib.sha256()
+    for lang in sorted(samples):
+        sample, corpus = samples[lang], corpora[lang]
+        digest.update(lang.encode("utf-8") + b"\0")
+        digest.update(pd.util.hash_pandas_object(sample[list(PAIR_COLUMNS)], index=False).to_numpy().tobytes())
+        for sentence in pd.unique(sample["sentence"]).tolist():
+            for side in (corpus.en_words, corpus.x_words):
+                digest.update("\x1f".join(side[sentence]).encode("utf-8") + b"\n")
+    return digest.hexdigest()[:16]
+
+
 def measure_alignment(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -416,32 +471,22 @@ def measure_alignment(
     seed: int | None = None,
     return_pairs: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    samples: Mapping[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Alignment of `model` on each language's `AlignedCorpus`: tidy rows of RESULT_COLUMNS.
 
-    `n_pairs` / `seed` default to `settings.align_pairs` / `settings.align_seed`; the same seed
-    serves every language. The sample follows `settings.align_sampling` and holds measurable
-    pairs only (see the module's note on the length limit). With `return_pairs=True`, also
-    returns the pairs actually used (DUMP_COLUMNS), in search order, e.g. for `--dump-pairs`.
+    The sample (`alignment_samples`, or `samples` if given) follows `settings.align_sampling`
+    and holds measurable pairs only (see the module's note on the length limit). With
+    `return_pairs=True`, also returns the pairs actually used (DUMP_COLUMNS), in search order,
+    e.g. for `--dump-pairs`.
 
     `on_progress(done, total)`, if given, follows the encoding, the long part: sentences encoded
     so far of all languages' sampled sentences, both sides (0 of total once every language is
     sampled, after each forward pass, and total of total at the end).
     """
-    n_pairs = settings.align_pairs if n_pairs is None else n_pairs
-    seed = settings.align_seed if seed is None else seed
     max_length = resolve_max_length(tokenizer, settings.align_max_length)
-    samples: dict[str, pd.DataFrame] = {}
-    for lang, corpus in corpora.items():
-        # every language sampled first (tokenisation only), so that the encoding's total is known
-        samples[lang] = sample = sample_pairs(
-            corpus.pairs, n_pairs, seed, settings.align_sampling,
-            measurable=lambda candidates, corpus=corpus: measurable_pairs(tokenizer, corpus, candidates, settings),
-        )
-        if len(sample) < MIN_PAIRS:
-            raise ValueError(
-                f"language {lang}: only {len(sample)} measurable word pair(s) (align_max_length={max_length})"
-            )
+    if samples is None:  # every language sampled first (tokenisation only), so that the encoding's total is known
+        samples = alignment_samples(tokenizer, corpora, settings, n_pairs, seed)
     # each side encodes the sample's distinct sentences once (word_vectors_all_layers)
     total = sum(2 * int(sample["sentence"].nunique()) for sample in samples.values())
     encoded = 0

@@ -242,6 +242,10 @@ class AlignedCorpus:
     en_words: Sequence[list[str]]  # a list, or WordLists as extract_pairs returns
     x_words: Sequence[list[str]]
     pairs: pd.DataFrame = field(repr=False)
+    # None: the pairs of the whole corpus. A number n: pairs were extracted for the head of the
+    # corpus only, holding n paired sentences (`extract_pairs(min_paired=...)`); streams reading
+    # past the head would not see the sentences beyond (RealignmentBatches checks).
+    head_paired: int | None = None
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -696,12 +700,30 @@ def awesome_source(en_words: list[list[str]], x_words: list[list[str]], lang: st
 
 # --- registry and cached extraction ------------------------------------------------------------------
 
-PairSource = Callable[[list[list[str]], list[list[str]], str, PairContext], pd.DataFrame]
+Extract = Callable[[list[list[str]], list[list[str]], str, PairContext], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """One pair source: `extract(en_words, x_words, lang, context)` gives the pairs of a stretch of
+    the corpus (called like the function). `head_only`: a trial has it extract only the head of
+    the corpus it reads (`extract_pairs(min_paired=...)`), for a source that costs a model's forward
+    pass a sentence pair (AWESOME) and whose pairs of a sentence depend on that sentence alone, so
+    the head's pairs are those a whole-corpus run would give it. fast_align learns from the whole
+    corpus and the dictionary is cheap: they extract everything once."""
+
+    extract: Extract
+    head_only: bool = False
+
+    def __call__(self, en_words: list[list[str]], x_words: list[list[str]], lang: str,
+                 context: PairContext) -> pd.DataFrame:
+        return self.extract(en_words, x_words, lang, context)
+
 
 PAIR_SOURCES: dict[str, PairSource] = {
-    "dico": dico_source,
-    "fastalign": fastalign_source,
-    "awesome": awesome_source,
+    "dico": PairSource(dico_source),
+    "fastalign": PairSource(fastalign_source),
+    "awesome": PairSource(awesome_source, head_only=True),
 }
 
 
@@ -789,6 +811,35 @@ def _pairs_chunked(source: str, en_words: WordLists, x_words: WordLists, lang: s
     return pairs.astype({"sentence": np.int64, "src_index": np.int64, "tgt_index": np.int64})[list(PAIR_COLUMNS)]
 
 
+def _head_pairs(source: str, en_words: WordLists, x_words: WordLists, lang: str, context: PairContext, chunk: int,
+                min_paired: int, progress: _Progress,
+                part_path: Callable[[int, int], Path]) -> tuple[pd.DataFrame, int | None]:
+    """The pairs of the corpus's first parts of `chunk` lines, each cached on its own (`part_path`),
+    until they hold `min_paired` paired sentences: (pairs, paired sentences), or (pairs, None) when
+    the parts reached the end of the corpus (then they are the whole corpus's pairs)."""
+    n = len(en_words)
+    parts: list[pd.DataFrame] = []
+    paired = 0
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        if progress.total < progress.done + (stop - start):  # more parts than estimated
+            progress.total = progress.done + (stop - start)
+
+        def compute(start: int = start, stop: int = stop) -> pd.DataFrame:
+            part = _pairs_chunked(source, en_words[start:stop], x_words[start:stop], lang, context, chunk, progress)
+            return part.assign(sentence=part["sentence"] + start)
+
+        part = cached(part_path(start, stop), compute, _save_pairs, _load_pairs)
+        parts.append(part)
+        paired += int(part["sentence"].nunique())
+        if paired >= min_paired and stop < n:
+            pairs = pd.concat(parts, ignore_index=True)[list(PAIR_COLUMNS)]
+            return pairs, paired
+    pairs = (pd.concat(parts, ignore_index=True)[list(PAIR_COLUMNS)] if parts
+             else links_to_pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64), [], []))
+    return pairs, None
+
+
 def _save_pairs(pairs: pd.DataFrame, path: Path) -> None:
     pairs.to_parquet(path, index=False)
 
@@ -817,8 +868,16 @@ def extract_pairs(
     context: PairContext | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     chunk_size: int = EXTRACTION_CHUNK,
+    min_paired: int | None = None,
 ) -> AlignedCorpus:
     """Load `corpus` (en-`lang`), segment it and extract word pairs with `source`, cached.
+
+    `min_paired`: a trial reads only the head of the corpus (its streams' buffer shuffle,
+    `shuffle.items_read`), this many sentences that hold a pair at most. A `head_only` source
+    (AWESOME) then extracts `chunk_size` sentence pairs at a time, each part cached on its own,
+    until the parts hold `min_paired` paired sentences or the corpus ends; the result's
+    `head_paired` says how many (None: the whole corpus was extracted). Other sources, and None,
+    extract the whole corpus.
 
     Explicit `data_dir` / `cache_dir` take precedence over the context's. Cache files live under
     `<cache dir>/pairs/` and are keyed by corpus, language, subset, segmentation, the corpus
@@ -854,8 +913,12 @@ def extract_pairs(
     pairs_path = folder / f"{stem}-{source}-{pairs_key}.parquet"
     # Work in sentence pairs: one pass per phase still to run (segmentation, pairs; fast_align's
     # training counts as one more pass).
-    phases = (not segmented_path.is_file()) + (not pairs_path.is_file()) * (2 if source == "fastalign" else 1)
-    progress = _Progress(on_progress, max(phases, 1) * n_lines)
+    head_only = min_paired is not None and getattr(get_pair_source(source), "head_only", False)
+    if head_only:  # the parts' lines, at least one part; more if they hold too few paired sentences
+        phases = (not segmented_path.is_file()) * n_lines + min(n_lines, max(1, -(-min_paired // chunk_size)) * chunk_size)
+    else:
+        phases = ((not segmented_path.is_file()) + (not pairs_path.is_file()) * (2 if source == "fastalign" else 1)) * n_lines
+    progress = _Progress(on_progress, max(phases, n_lines))
 
     raw = {"lines": lines}
     del lines
@@ -865,6 +928,16 @@ def extract_pairs(
 
     en_words, x_words = cached(segmented_path, segment_all, _save_segmented, _load_segmented)
     raw.clear()  # the raw text is not needed any more: only the words and the pairs are kept
+    if head_only:
+        def part_path(start: int, stop: int) -> Path:
+            key = cache_key(**base, source=source, settings=context.cache_parts(source, lang),
+                            version=PAIRS_FORMAT_VERSION, part=[start, stop])
+            return folder / f"{stem}-{source}-lines-{start}-{stop}-{key}.parquet"
+
+        pairs, paired = _head_pairs(source, en_words, x_words, lang, context, chunk_size, min_paired, progress,
+                                    part_path)
+        progress.finish()
+        return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs, head_paired=paired)
     pairs = cached(
         pairs_path,
         lambda: _pairs_chunked(source, en_words, x_words, lang, context, chunk_size, progress),

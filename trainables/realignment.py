@@ -64,7 +64,7 @@ from trainables.models import model_family
 from trainables.runtime import autocast
 from trainables.settings import Settings
 from trainables.registry import lookup
-from trainables.shuffle import ShuffledStream
+from trainables.shuffle import SHUFFLE_BUFFER, ShuffledStream
 
 if TYPE_CHECKING:  # pairs.py imports nothing from here; only its attributes are used
     from trainables.pairs import AlignedCorpus
@@ -256,6 +256,10 @@ class RealignmentBatches(Iterator[RealignmentBatch]):
         if empty:
             warnings.warn(f"realignment: no word pair in language(s) {', '.join(empty)}; they are left out")
         self._streams = {lang: ShuffledStream(len(self._usable[lang]), seed) for lang in self.langs}
+        # a corpus whose pairs cover its head only: the stream is the whole corpus's while it draws
+        # fewer than head - SHUFFLE_BUFFER of its sentences (shuffle.items_read)
+        self._head_limit = {lang: corpora[lang].head_paired - SHUFFLE_BUFFER for lang in self.langs
+                            if getattr(corpora[lang], "head_paired", None) is not None}
         n_langs = len(self.langs)
         # draws in one pass: it ends at the first draw whose language has run out
         self.pass_length = min(n_langs * len(self._usable[lang]) + i for i, lang in enumerate(self.langs))
@@ -303,7 +307,12 @@ class RealignmentBatches(Iterator[RealignmentBatch]):
         """Language and position among its usable sentences of the k-th sentence pair of the stream."""
         k %= self.pass_length
         lang = self.langs[k % len(self.langs)]
-        return lang, self._streams[lang][k // len(self.langs)]
+        count = k // len(self.langs)
+        if count >= self._head_limit.get(lang, count + 1):
+            raise ValueError(f"realignment: the {lang} stream reached its sentence {count + 1}, past the"
+                             f" {self._head_limit[lang]} that the extracted head of its corpus makes certain:"
+                             " extract a longer head (min_paired)")
+        return lang, self._streams[lang][count]
 
     def restart(self) -> None:
         """Start the stream over: the next batch is its first again."""

@@ -18,6 +18,7 @@ computes it, the others wait for its file), so concurrent trials compute it once
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainables.alignment import MEASUREMENT_VERSION, alignment_metrics, before_finetuning, measure_alignment
+from trainables.alignment import (
+    MEASUREMENT_VERSION,
+    alignment_metrics,
+    alignment_samples,
+    before_finetuning,
+    measure_alignment,
+    samples_fingerprint,
+)
 from trainables.cache import (
     MODEL_PARTS,
     TOKENIZER_PARTS,
@@ -44,15 +52,17 @@ from trainables.finetuning import (
     evaluate,
     fine_tune,
     realign_sequentially,
+    schedule_steps,
     sequential_realign_steps,
 )
 from trainables.model_files import pretrained_kwargs
 from trainables.models import model_family
 from trainables.pairs import AlignedCorpus, PairContext, extract_pairs, release_encoders
-from trainables.realignment import get_realign_method, input_language
+from trainables.realignment import RealignMethod, get_realign_method, input_language
 from trainables.runtime import configure_threads, resolve_device, reuse_freed_memory, seed_everything
 from trainables.segmentation import segmentation_id
 from trainables.settings import Settings, make_settings
+from trainables.shuffle import items_read
 from trainables.tasks import FEATURES_VERSION, Features, Task, get_task
 
 Reporter = Callable[[Mapping[str, Any], "Mapping[str, Any] | None"], None]
@@ -111,10 +121,34 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
 
 # --- phase: load ---------------------------------------------------------------------------------
 
+# The alignment sample takes at most align_pairs sentences (each holds a pair), and draws its
+# shuffled sentences in rounds: 4x leaves room for both (alignment._sample_sentences).
+ALIGN_SAMPLE_MARGIN = 4
+
+
+def paired_sentences_read(method: RealignMethod, n_train: int, settings: Settings) -> int:
+    """How many paired sentences of each language's corpus a trial may read, from the head of the
+    corpus: its streams are buffer-shuffled (shuffle.items_read), so D draws come from the first
+    D + 10,000. The realignment stream draws realign_batch_size sentence pairs a step, languages in
+    turn, for the sequential steps, or for one epoch of joint training when its stream restarts
+    each epoch (all epochs otherwise); the alignment sample at most ALIGN_SAMPLE_MARGIN x align_pairs."""
+    per_epoch, total, _ = schedule_steps(n_train, settings)
+    if method.sequential:
+        steps = sequential_realign_steps(n_train, settings)
+    elif method.joint:
+        steps = per_epoch if settings.joint_realign_stream == "restart" else total
+    else:
+        steps = 0
+    per_language = math.ceil(steps * settings.realign_batch_size / len(settings.langs))
+    return items_read(max(per_language, ALIGN_SAMPLE_MARGIN * settings.align_pairs))
+
+
 
 def load_inputs(config: Mapping[str, Any], settings: Settings, on_progress: PhaseProgress | None = None) -> TrialInputs:
     """Task data and word pairs. `on_progress(part, done, total)` follows pair extraction, the
-    long part: `part` names the language ("pairs es 3/5"), done/total are the pair source's units."""
+    long part: `part` names the language ("pairs es 3/5"), done/total are the pair source's units.
+    A pair source that extracts only what trials read (AWESOME) extracts the head of the corpus
+    this trial reads (`paired_sentences_read`)."""
     task = get_task(config["task"])
     tokenizer = load_tokenizer(config["model_source"])
     subset = lambda n: Subset(n, settings.subset_mode, settings.subset_seed)  # noqa: E731
@@ -127,13 +161,14 @@ def load_inputs(config: Mapping[str, Any], settings: Settings, on_progress: Phas
         test[SOURCE_DEV] = featurize_cached(task, tokenizer, config, settings, "dev", SOURCE_LANG,
                                             subset(settings.test_subset))
     context = PairContext.from_settings(settings)
+    min_paired = paired_sentences_read(get_realign_method(config["realign"]), len(train), settings)
     corpora = {}
     for number, lang in enumerate(settings.langs, start=1):
         part = f"pairs {lang} {number}/{len(settings.langs)}"
         if on_progress is not None:
             on_progress(part, 0, 0)  # the language is known before the pair source counts its units
         corpora[lang] = extract_pairs(config["corpus"], lang, config["pairs"], subset=subset(settings.parallel_subset),
-                                      context=context,
+                                      context=context, min_paired=min_paired,
                                       on_progress=None if on_progress is None else functools.partial(on_progress, part))
     release_encoders()  # an aligner's encoder (awesome) is not needed past extraction
     return TrialInputs(settings, task, tokenizer, train, test, corpora)
@@ -207,12 +242,16 @@ def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inpu
     and evaluation pairs (their content), whatever the task: the task head does not change the
     encoder's hidden states. `on_progress` as in `measure` (not called when it is cached)."""
     s = before_finetuning(inputs.settings)
-    key = cache_key(model=model_fingerprint(config["model_source"], MODEL_PARTS), corpus=config["corpus"],
-                    pairs=config["pairs"], corpora={lang: c.fingerprint for lang, c in inputs.corpora.items()},
+    # keyed by what is measured, the sample itself: trials that read different heads of one corpus
+    # (pairs.extract_pairs min_paired) sample the same pairs and share the measurement
+    samples = alignment_samples(inputs.tokenizer, inputs.corpora, s)
+    key = cache_key(model=model_fingerprint(config["model_source"], MODEL_PARTS),
+                    samples=samples_fingerprint(inputs.corpora, samples),
                     settings=settings_parts(s, ALIGNMENT_SETTINGS), device=resolve_device(s).type,
                     version=MEASUREMENT_VERSION)
     path = resolve_cache_dir(s.cache_dir) / "alignment" / f"pretrained-{key}.parquet"
-    table = cached(path, lambda: measure_alignment(model, inputs.tokenizer, inputs.corpora, s, on_progress=on_progress),
+    table = cached(path, lambda: measure_alignment(model, inputs.tokenizer, inputs.corpora, s, samples=samples,
+                                                   on_progress=on_progress),
                    lambda value, p: value.to_parquet(p, index=False), pd.read_parquet)
     return alignment_metrics(table)
 
