@@ -247,19 +247,6 @@ class AlignedCorpus:
     # past the head would not see the sentences beyond (RealignmentBatches checks).
     head_paired: int | None = None
 
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        """A short hash of the language, both segmented sides and the pairs: what a measurement
-        on this corpus depends on, for cache keys."""
-        digest = hashlib.sha256(self.lang.encode("utf-8") + b"\0")
-        for side in (self.en_words, self.x_words):
-            for words in side:
-                digest.update("\x1f".join(words).encode("utf-8") + b"\n")
-            digest.update(b"\0")
-        table = self.pairs[list(PAIR_COLUMNS)]
-        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
-        return digest.hexdigest()[:16]
-
 
 # --- shared filters --------------------------------------------------------------------------------
 
