@@ -379,7 +379,7 @@ def test_pretraining_lowers_the_masked_lm_loss(tmp_path: Path) -> None:
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, pad_token_id=tokenizer.pad_token_id)
     pairs = toy_model.parallel_pairs(small)
-    for tlm_share in (0.0, 1.0):  # monolingual MLM alone and translation LM alone both learn
+    for tlm_share in (0.0, 1.0):  # monolingual MLM alone (no mixed lines) and translation LM alone both learn
         torch.manual_seed(0)
         losses = toy_model.pretrain(BertForMaskedLM(config), tokenizer, pairs, 30, seed=0, tlm_share=tlm_share)
         assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, tlm_share
@@ -428,23 +428,24 @@ def test_topics_are_opt_in_and_keep_a_clauses_content_words_on_its_topic() -> No
         toy.make_world(sizes=toy_world.LexiconSizes(topics=2, topics_per_concept=3))
 
 
-def test_code_switching_replaces_dictionary_words_by_translations(tmp_path: Path) -> None:
+def test_code_switching_mixes_every_language_into_each_english_sentence(tmp_path: Path) -> None:
     small = toy.write_toy_data(tmp_path / "data", langs=("es", "ru"), **SMALL)
     assert toy_model.code_switched(small, 0.0, seed=0) == []
     english = (small / "parallel/toy/en-ru.en").read_text(encoding="utf-8").splitlines()
-    full = toy_model.code_switched(small, 1.0, seed=0)
-    assert len(full) == 2 * 2 * SMALL["n_parallel"]  # both sides of both corpora
-    # corpora in sorted order (es, ru), English side first: en->ru lines are the third block
-    en_to_ru = full[2 * SMALL["n_parallel"]:3 * SMALL["n_parallel"]]
-    cyrillic = sum(bool(re.search(r"[\u0400-\u04FF]", w)) for line in en_to_ru for w in line.split())
-    latin = sum(bool(re.search(r"[a-z]", w)) for line in en_to_ru for w in line.split())
-    assert cyrillic > 5 * latin  # nearly every English word has a dictionary entry and was switched
+    originals = [re.findall(r"\w+|[^\w\s]+", line) for line in english]
+    full = toy_model.code_switched(small, 1.0, seed=0, copies=2)
+    assert len(full) == 2 * len(english)  # each English sentence twice, fresh draws
+    assert all(len(line.split()) == len(original) for line, original in zip(full, originals * 2))
+    cyrillic = [sum(bool(re.search(r"[\u0400-\u04FF]", w)) for w in line.split()) for line in full]
+    untouched = [sum(a == b for a, b in zip(line.split(), original)) for line, original in zip(full, originals * 2)]
+    # a word's language is drawn for every word: most lines hold both Russian and switched Latin-script words
+    both = sum(c > 0 and len(line.split()) - c - u > 0 for line, c, u in zip(full, cyrillic, untouched))
+    assert both > 0.5 * len(full)
     some = toy_model.code_switched(small, 0.3, seed=0)
     assert some == toy_model.code_switched(small, 0.3, seed=0) != toy_model.code_switched(small, 0.3, seed=1)
-    switched = some[2 * SMALL["n_parallel"]:3 * SMALL["n_parallel"]]
-    originals = [re.findall(r"\w+|[^\w\s]+", line) for line in english]
-    pairs = [(a, b) for line, original in zip(switched, originals) for a, b in zip(line.split(), original)]
-    assert all(len(line.split()) == len(original) for line, original in zip(switched, originals))
+    assert len(some) == toy_model.MIXED_COPIES * len(english)
+    pairs = [(a, b) for line, original in zip(some, originals * toy_model.MIXED_COPIES)
+             for a, b in zip(line.split(), original)]
     assert 0.15 < sum(a != b for a, b in pairs) / len(pairs) < 0.4  # about the rate, of the dictionary words
     with pytest.raises(ValueError, match="rate=2"):
         toy_model.code_switched(small, 2, seed=0)

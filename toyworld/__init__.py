@@ -13,7 +13,7 @@ real models are too slow for a demo on two CPUs. This package builds a stand-in 
 * `files`: a data folder in the layout and formats of ``../shared/data``, written with
   `trainables.data`'s writers;
 * `model`: a WordPiece tokenizer and a tiny BERT pre-trained with masked language modelling
-  (monolingual, code-switched and translation pairs).
+  (mixed-language sentences and translation pairs).
 
 Everything is deterministic for a seed. CLI: ``python -m toyworld OUT_DIR`` writes
 ``OUT_DIR/data`` and ``OUT_DIR/model``.
