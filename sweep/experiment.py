@@ -39,7 +39,9 @@ MODEL_KEYS: tuple[str, ...] = ("source", "env", "gpu", "cpu")
 NO_REALIGNMENT = "none"
 # Bump when the code changes what a trial computes for the same axes, settings and model: its
 # content key changes, so the sweep runs it again instead of keeping the old numbers.
-PROTOCOL_VERSION = 1
+# 2 (2026-12-06): the reference's projection head, realignment stream (buffer shuffle, restarted
+# each epoch of joint training) and length rules (128 before fine-tuning, lone pieces' room).
+PROTOCOL_VERSION = 2
 # Settings that change where a trial's work is stored or how fast it runs, never its numbers.
 SETTINGS_OUTSIDE_IDENTITY: tuple[str, ...] = ("cache_dir",)
 TRIAL_KEY_LENGTH = 12

@@ -77,8 +77,9 @@ KINDS: tuple[str, ...] = ("strong", "weak")
 DIRECTIONS: tuple[str, ...] = ("en-x", "x-en")
 SAMPLINGS: tuple[str, ...] = ("sentences", "uniform")
 # Part of cache keys of measured alignment: bump when the sample or the search changes its result
-# (2: the reference's sentence sample, argmax search and length filter).
-MEASUREMENT_VERSION = "2"
+# (2: the reference's sentence sample, argmax search and length filter; 3: 128 subwords before
+# fine-tuning, lone pieces counted in the limit).
+MEASUREMENT_VERSION = "3"
 # Upper bound on one block of similarities (layers x queries x candidates, fp32: 256 MiB), so that
 # large samples or deep models are searched in query chunks instead of one huge matrix.
 MAX_SIMILARITY_ELEMENTS = 2**26
