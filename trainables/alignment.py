@@ -67,7 +67,7 @@ from trainables.realignment import input_language
 from trainables.runtime import autocast, eval_mode, resolve_device
 from trainables.settings import Settings
 from trainables.registry import unknown_name
-from trainables.shuffle import SHUFFLE_BUFFER, shuffled_positions  # noqa: F401 - SHUFFLE_BUFFER re-exported
+from trainables.shuffle import SHUFFLE_BUFFER, shuffled_positions
 
 log = logging.getLogger(__name__)
 

@@ -379,8 +379,8 @@ def encode_realignment_batch(
     Each sentence is truncated to `realign_max_length` subwords (96, the reference's
     scripts/2023_acl/controlled_realignment.py; each side alone, as its
     `AdaptAlignmentToTokenizerMapper`); XLM-R's lone "▁" pieces are deleted (as there;
-    `keep_lone_prefix`) after taking their room (`lone_prefix_takes_room`). `counts`, if given, accumulates "pairs" (extracted pairs seen) and
-    "pairs_dropped" (lost to the limit). All index arithmetic is on CPU, so that a step has no
+    `keep_lone_prefix`) after taking their room (`lone_prefix_takes_room`). `counts`, if given,
+    accumulates "pairs" (extracted pairs seen) and "pairs_dropped" (lost to the limit). All index arithmetic is on CPU, so that a step has no
     device-to-host synchronisation.
     """
     n_sentence_pairs = len(batch)
