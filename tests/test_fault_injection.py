@@ -78,9 +78,14 @@ def test_driver_killed_at_random_moments_loses_and_reruns_nothing(tmp_path, toy_
         driver = subprocess.Popen(command(experiment, storage), cwd=ROOT, start_new_session=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Kill at a random moment once trials run: while a trial trains, as it finishes, between two.
+        finished_before = set(finals(run_dir))
         while not any(run_dir.glob(f"run-*/*/{STARTS_FILE}")) and driver.poll() is None:
             time.sleep(0.2)
-        time.sleep(rng.uniform(0.5, 8.0))
+        # ... at the latest when a trial finishes, so that a fast machine, whose three trials end a
+        # few seconds after the first start, still leaves work for the next driver
+        deadline = time.monotonic() + rng.uniform(0.5, 8.0)
+        while driver.poll() is None and time.monotonic() < deadline and set(finals(run_dir)) <= finished_before:
+            time.sleep(0.05)
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
             killed += 1
