@@ -512,6 +512,11 @@ def test_a_head_only_source_extracts_parts_until_the_head_holds_enough_paired_se
     longer = extract_pairs("ntrex", "es", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(1000),
                            chunk_size=250, min_paired=head.head_paired + 1)
     assert sum(calls) == 750 and longer.head_paired == int((paired_lines < 750).sum())
+    # content keys from the extraction's cache keys: what is measured on a corpus is keyed by them
+    again = extract_pairs("ntrex", "es", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(1000),
+                          chunk_size=250, min_paired=need)
+    assert again.fingerprint == head.fingerprint
+    assert len({whole.fingerprint, head.fingerprint, longer.fingerprint}) == 3
     # a head as long as the corpus is the whole corpus
     everything = extract_pairs("ntrex", "es", "dico", data_dir=SHARED_DATA, cache_dir=tmp_path, subset=Subset(1000),
                                chunk_size=250, min_paired=10**6)

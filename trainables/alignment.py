@@ -42,7 +42,6 @@ Run as a command: `python -m trainables.alignment --model PATH --data-dir DIR --
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import logging
 import sys
@@ -448,21 +447,6 @@ def alignment_samples(
     return samples
 
 
-def samples_fingerprint(corpora: Mapping[str, AlignedCorpus], samples: Mapping[str, pd.DataFrame]) -> str:
-    """A short hash of exactly what a measurement reads: each language's sampled pairs, in search
-    order, and the words of their sentences on both sides (a cache key by content: two corpora
-    that give the same sample give the same alignment)."""
-    digest = hashlib.sha256()
-    for lang in sorted(samples):
-        sample, corpus = samples[lang], corpora[lang]
-        digest.update(lang.encode("utf-8") + b"\0")
-        digest.update(pd.util.hash_pandas_object(sample[list(PAIR_COLUMNS)], index=False).to_numpy().tobytes())
-        for sentence in pd.unique(sample["sentence"]).tolist():
-            for side in (corpus.en_words, corpus.x_words):
-                digest.update("\x1f".join(side[sentence]).encode("utf-8") + b"\n")
-    return digest.hexdigest()[:16]
-
-
 def measure_alignment(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -472,12 +456,11 @@ def measure_alignment(
     seed: int | None = None,
     return_pairs: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
-    samples: Mapping[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Alignment of `model` on each language's `AlignedCorpus`: tidy rows of RESULT_COLUMNS.
 
-    The sample (`alignment_samples`, or `samples` if given) follows `settings.align_sampling`
-    and holds measurable pairs only (see the module's note on the length limit). With
+    The sample (`alignment_samples`) follows `settings.align_sampling` and holds measurable
+    pairs only (see the module's note on the length limit). With
     `return_pairs=True`, also returns the pairs actually used (DUMP_COLUMNS), in search order,
     e.g. for `--dump-pairs`.
 
@@ -486,8 +469,8 @@ def measure_alignment(
     sampled, after each forward pass, and total of total at the end).
     """
     max_length = resolve_max_length(tokenizer, settings.align_max_length)
-    if samples is None:  # every language sampled first (tokenisation only), so that the encoding's total is known
-        samples = alignment_samples(tokenizer, corpora, settings, n_pairs, seed)
+    # every language sampled first (tokenisation only), so that the encoding's total is known
+    samples = alignment_samples(tokenizer, corpora, settings, n_pairs, seed)
     # each side encodes the sample's distinct sentences once (word_vectors_all_layers)
     total = sum(2 * int(sample["sentence"].nunique()) for sample in samples.values())
     encoded = 0

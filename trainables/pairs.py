@@ -246,6 +246,26 @@ class AlignedCorpus:
     # corpus only, holding n paired sentences (`extract_pairs(min_paired=...)`); streams reading
     # past the head would not see the sentences beyond (RealignmentBatches checks).
     head_paired: int | None = None
+    # A content key of the words and pairs, as `extract_pairs` knows them from its cache keys
+    # (the corpus text, the segmentation, the source and its settings); None: hashed from them.
+    content_key: str | None = None
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short content key of the language, both segmented sides and the pairs: what a
+        measurement on this corpus depends on, for cache keys. `content_key` when given (free;
+        hashing a 1M-line corpus's words takes seconds), else a hash of the words and pairs."""
+        if self.content_key is not None:
+            return self.content_key
+        digest = hashlib.sha256(self.lang.encode("utf-8") + b"\0")
+        for side in (self.en_words, self.x_words):
+            for words in side:
+                digest.update("\x1f".join(words).encode("utf-8") + b"\n")
+            digest.update(b"\0")
+        table = self.pairs[list(PAIR_COLUMNS)]
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+        digest.update(str(self.head_paired).encode())
+        return digest.hexdigest()[:16]
 
 
 # --- shared filters --------------------------------------------------------------------------------
@@ -924,7 +944,11 @@ def extract_pairs(
         pairs, paired = _head_pairs(source, en_words, x_words, lang, context, chunk_size, min_paired, progress,
                                     part_path)
         progress.finish()
-        return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs, head_paired=paired)
+        # the parts' keys name their content; the head is their union up to `paired` sentences
+        head_key = cache_key(**base, source=source, settings=context.cache_parts(source, lang),
+                             version=PAIRS_FORMAT_VERSION, head=paired, lines=int(pairs["sentence"].max()) if len(pairs) else -1)
+        return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs, head_paired=paired,
+                             content_key=f"{lang}-{head_key}")
     pairs = cached(
         pairs_path,
         lambda: _pairs_chunked(source, en_words, x_words, lang, context, chunk_size, progress),
@@ -932,4 +956,4 @@ def extract_pairs(
         _load_pairs,
     )
     progress.finish()
-    return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs)
+    return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs, content_key=f"{lang}-{pairs_key}")

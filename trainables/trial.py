@@ -29,14 +29,7 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainables.alignment import (
-    MEASUREMENT_VERSION,
-    alignment_metrics,
-    alignment_samples,
-    before_finetuning,
-    measure_alignment,
-    samples_fingerprint,
-)
+from trainables.alignment import MEASUREMENT_VERSION, alignment_metrics, before_finetuning, measure_alignment
 from trainables.cache import (
     MODEL_PARTS,
     TOKENIZER_PARTS,
@@ -242,16 +235,14 @@ def pretrained_alignment(config: Mapping[str, Any], model: PreTrainedModel, inpu
     and evaluation pairs (their content), whatever the task: the task head does not change the
     encoder's hidden states. `on_progress` as in `measure` (not called when it is cached)."""
     s = before_finetuning(inputs.settings)
-    # keyed by what is measured, the sample itself: trials that read different heads of one corpus
-    # (pairs.extract_pairs min_paired) sample the same pairs and share the measurement
-    samples = alignment_samples(inputs.tokenizer, inputs.corpora, s)
-    key = cache_key(model=model_fingerprint(config["model_source"], MODEL_PARTS),
-                    samples=samples_fingerprint(inputs.corpora, samples),
+    # the corpora's content keys come from their extraction (pairs.AlignedCorpus.fingerprint): no
+    # hashing of a 1M-line corpus, no sampling, on a cache hit
+    key = cache_key(model=model_fingerprint(config["model_source"], MODEL_PARTS), corpus=config["corpus"],
+                    pairs=config["pairs"], corpora={lang: c.fingerprint for lang, c in inputs.corpora.items()},
                     settings=settings_parts(s, ALIGNMENT_SETTINGS), device=resolve_device(s).type,
                     version=MEASUREMENT_VERSION)
     path = resolve_cache_dir(s.cache_dir) / "alignment" / f"pretrained-{key}.parquet"
-    table = cached(path, lambda: measure_alignment(model, inputs.tokenizer, inputs.corpora, s, samples=samples,
-                                                   on_progress=on_progress),
+    table = cached(path, lambda: measure_alignment(model, inputs.tokenizer, inputs.corpora, s, on_progress=on_progress),
                    lambda value, p: value.to_parquet(p, index=False), pd.read_parquet)
     return alignment_metrics(table)
 
