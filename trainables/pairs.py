@@ -936,17 +936,14 @@ def extract_pairs(
     en_words, x_words = cached(segmented_path, segment_all, _save_segmented, _load_segmented)
     raw.clear()  # the raw text is not needed any more: only the words and the pairs are kept
     if head_only:
-        def part_path(start: int, stop: int) -> Path:
-            key = cache_key(**base, source=source, settings=context.cache_parts(source, lang),
-                            version=PAIRS_FORMAT_VERSION, part=[start, stop])
-            return folder / f"{stem}-{source}-lines-{start}-{stop}-{key}.parquet"
+        def part_path(start: int, stop: int) -> Path:  # what the whole corpus's pairs file is, on these lines
+            return folder / f"{stem}-{source}-lines-{start}-{stop}-{cache_key(pairs=pairs_key, part=[start, stop])}.parquet"
 
         pairs, paired = _head_pairs(source, en_words, x_words, lang, context, chunk_size, min_paired, progress,
                                     part_path)
         progress.finish()
-        # the parts' keys name their content; the head is their union up to `paired` sentences
-        head_key = cache_key(**base, source=source, settings=context.cache_parts(source, lang),
-                             version=PAIRS_FORMAT_VERSION, head=paired, lines=int(pairs["sentence"].max()) if len(pairs) else -1)
+        # the whole corpus's pairs key names the content; the head is its pairs up to `paired` sentences
+        head_key = cache_key(pairs=pairs_key, head=paired, lines=int(pairs["sentence"].max()) if len(pairs) else -1)
         return AlignedCorpus(lang=lang, en_words=en_words, x_words=x_words, pairs=pairs, head_paired=paired,
                              content_key=f"{lang}-{head_key}")
     pairs = cached(
