@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests never reach a hub: sources that are not local are reported missing instead of fetched.
 os.environ.setdefault("SWEEP_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# File digests are remembered across the session's processes (Ray workers, CLI runs) in a folder of
+# its own, removed at the end, rather than in the user's ~/.cache.
+_DIGEST_MEMO = None
+if "SWEEP_DIGEST_MEMO" not in os.environ:
+    _DIGEST_MEMO = tempfile.mkdtemp(prefix="sweep-test-digests-")
+    os.environ["SWEEP_DIGEST_MEMO"] = _DIGEST_MEMO
+
+
+def pytest_unconfigure(config) -> None:
+    if _DIGEST_MEMO is not None:
+        shutil.rmtree(_DIGEST_MEMO, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SWEEP_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()

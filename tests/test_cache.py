@@ -60,6 +60,45 @@ def test_file_fingerprint_follows_content_not_path_and_reads_a_file_once(tmp_pat
         file_fingerprint([tmp_path / "missing.txt"])
 
 
+def test_file_digests_are_remembered_across_processes_until_the_file_changes(tmp_path, monkeypatch):
+    memo = tmp_path / "memo"
+    monkeypatch.setenv(cache_module.DIGEST_MEMO_ENV, str(memo))
+    monkeypatch.setattr(cache_module, "DIGEST_MEMO_SETTLE_NS", 0)
+    a = tmp_path / "weights.bin"
+    a.write_bytes(b"x" * 1000)
+    first = file_fingerprint([a])
+    assert len(list(memo.iterdir())) == 1
+    real_open = open
+    reads = []
+    monkeypatch.setattr(cache_module, "open", lambda *args, **kw: reads.append(args[0]) or real_open(*args, **kw),
+                        raising=False)
+    monkeypatch.setattr(cache_module, "_digests", {})  # a new process: nothing in memory
+    assert file_fingerprint([a]) == first and reads == []  # from the node's memo, not the bytes
+    a.write_bytes(b"y" * 1000)  # same path and size, new content: a new ctime
+    monkeypatch.setattr(cache_module, "_digests", {})
+    assert file_fingerprint([a]) != first and reads == [a]
+    # An entry is the stat it was made for: one that does not match it is not believed.
+    monkeypatch.setattr(cache_module, "_digests", {})
+    for entry in memo.iterdir():
+        lines = entry.read_text().split("\n")
+        entry.write_text("other\0stat\n" + lines[1] + "\n")
+    assert file_fingerprint([a]) != first and reads == [a, a]
+
+
+def test_a_file_changed_just_now_is_not_remembered_across_processes(tmp_path, monkeypatch):
+    memo = tmp_path / "memo"
+    monkeypatch.setenv(cache_module.DIGEST_MEMO_ENV, str(memo))
+    a = tmp_path / "config.json"
+    a.write_text("{}")
+    file_fingerprint([a])  # written within the settling time: a later write may keep its mtime
+    assert not memo.exists() or not list(memo.iterdir())
+    monkeypatch.setenv(cache_module.DIGEST_MEMO_ENV, "off")
+    monkeypatch.setattr(cache_module, "DIGEST_MEMO_SETTLE_NS", 0)
+    monkeypatch.setattr(cache_module, "_digests", {})
+    file_fingerprint([a])
+    assert cache_module.digest_memo_dir() is None and not memo.exists()
+
+
 def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
     """A randomly initialised 1-layer BERT with a WordPiece tokenizer over WORDS."""
     import torch

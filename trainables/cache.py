@@ -407,11 +407,65 @@ MODEL_FILE_PATTERNS: dict[str, tuple[str, ...]] = {
 MODEL_PARTS: tuple[str, ...] = tuple(MODEL_FILE_PATTERNS)
 TOKENIZER_PARTS: tuple[str, ...] = ("config", "tokenizer")
 
-# sha256 of a file by (path, size, mtime_ns, inode): a 2 GB model folder is read once per
-# process, not once per trial, and a file rewritten in place (new mtime) or replaced (new inode)
+# sha256 of a file by where it is and its stat: a 2 GB model folder is read once per process,
+# not once per trial, and a file rewritten in place (new mtime and ctime) or replaced (new inode)
 # is read again.
-_digests: dict[tuple[str, int, int, int], str] = {}
+_digests: dict[tuple[str, ...], str] = {}
 _digests_lock = threading.Lock()
+# ...and across processes of a node: each worker and each fresh `python -m trainables...` process
+# would otherwise hash every model file again (0.3 s a trial for e5-small's 470 MB, seconds for
+# XLM-R large). One small file per (path, device, inode, size, mtime, ctime); a file changed since
+# has a new ctime, which no user can set back, so its old entry is never found again (git's index
+# and ccache trust the same stat fields). `SWEEP_DIGEST_MEMO` moves it; "off" disables it.
+DIGEST_MEMO_ENV = "SWEEP_DIGEST_MEMO"
+# A file whose last change is this recent may still be changing within one timestamp tick (git's
+# "racily clean" case): it is hashed, but its digest is not remembered across processes.
+DIGEST_MEMO_SETTLE_NS = 2_000_000_000
+
+
+def digest_memo_dir() -> Path | None:
+    """Where file digests are remembered across processes (None: not at all)."""
+    setting = os.environ.get(DIGEST_MEMO_ENV, "")
+    if setting.lower() == "off":
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    return base / "sweep" / "file-digests"
+
+
+def _stat_memo(path: Path, stat: os.stat_result) -> tuple[str, ...]:
+    return (str(path.resolve()), str(stat.st_dev), str(stat.st_ino), str(stat.st_size),
+            str(stat.st_mtime_ns), str(stat.st_ctime_ns))
+
+
+def _remembered_digest(memo: tuple[str, ...]) -> str | None:
+    folder = digest_memo_dir()
+    if folder is None:
+        return None
+    name = hashlib.sha256("\0".join(memo).encode("utf-8")).hexdigest()[:32]
+    try:
+        text = (folder / name).read_text(encoding="ascii").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    # The entry names its stat in full, so a (vanishingly unlikely) clash of names is a miss.
+    if len(text) >= 2 and text[0] == "\0".join(memo) and re.fullmatch(r"[0-9a-f]{64}", text[1]):
+        return text[1]
+    return None
+
+
+def _remember_digest(memo: tuple[str, ...], digest: str) -> None:
+    folder = digest_memo_dir()
+    if folder is None:
+        return
+    name = hashlib.sha256("\0".join(memo).encode("utf-8")).hexdigest()[:32]
+    temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+    try:  # the memo only saves time: a read-only or full disk just means hashing again
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary.write_text("\0".join(memo) + "\n" + digest + "\n", encoding="ascii")
+        os.replace(temporary, folder / name)
+    except OSError:
+        temporary.unlink(missing_ok=True)
 
 
 def _file_digest(path: Path) -> str:
@@ -419,17 +473,25 @@ def _file_digest(path: Path) -> str:
         stat = path.stat()
     except FileNotFoundError:
         raise FileNotFoundError(f"cannot fingerprint {path}: no such file") from None
-    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    memo = _stat_memo(path, stat)
     with _digests_lock:
         known = _digests.get(memo)
+    if known is not None:
+        return known
+    known = _remembered_digest(memo)
     if known is None:
+        started_ns = time.time_ns()
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             while chunk := handle.read(HASH_CHUNK_BYTES):
                 digest.update(chunk)
         known = digest.hexdigest()
-        with _digests_lock:
-            _digests[memo] = known
+        if _stat_memo(path, path.stat()) != memo:  # changed while being read: remember nothing
+            return known
+        if max(stat.st_mtime_ns, stat.st_ctime_ns) < started_ns - DIGEST_MEMO_SETTLE_NS:
+            _remember_digest(memo, known)
+    with _digests_lock:
+        _digests[memo] = known
     return known
 
 
