@@ -821,7 +821,9 @@ def extra_controlled_specs(ctx: Context) -> dict[str, TableSpec]:
     paper = {(t, normalised_name(c)) for t, c in CONTROLLED_TABLES.values()}
     realigned = ctx.controlled[ctx.controlled["realign"] != BASELINE]
     specs = {}
-    for task, corpus in realigned[["task", "corpus"]].drop_duplicates().itertuples(index=False):
+    # sorted: the trials' row order follows the order they finished in, which a report must not show
+    combinations = realigned[["task", "corpus"]].drop_duplicates().itertuples(index=False)
+    for task, corpus in sorted(combinations, key=lambda pair: (str(pair[0]), str(pair[1]))):
         if (task, normalised_name(corpus)) in paper:
             continue
         name = f"controlled_{task}_{normalised_name(corpus)}"

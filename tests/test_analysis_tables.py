@@ -255,6 +255,15 @@ def controlled_trials() -> pd.DataFrame:
     return results.tidy(pd.DataFrame(rows), "fixture")
 
 
+def test_extra_controlled_tables_come_in_the_same_order_whatever_the_trials_order():
+    trials = controlled_trials()
+    other_task = trials.assign(task="wikiann")
+    frames = [pd.concat([trials, other_task]).assign(corpus="toy"),
+              pd.concat([other_task, trials]).assign(corpus="toy")]
+    names = [list(tables.extra_controlled_specs(tables._context(frame, FAST))) for frame in frames]
+    assert names[0] == names[1] == ["controlled_udpos_toy", "controlled_wikiann_toy"]
+
+
 def test_controlled_table_means_stds_and_marks():
     frame = tables.controlled_table(controlled_trials(), "udpos", "opus100", FAST)
     a = frame[frame["model"] == "A"]
