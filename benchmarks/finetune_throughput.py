@@ -38,6 +38,10 @@ effect), after rows 1-1d: 1e compares the loops under it (a Trainer user can set
 variables), 1f is what the setting alone gives ours. The settings are then put back to glibc's
 fixed defaults for the benchmarks that follow (`restore_default_allocator`).
 
+Row 1g: ours against ours with `sparse_embedding_updates=False` (the whole word-embedding
+matrix's dense gradient and AdamW update at every step), interleaved with the target row's runs:
+what the touched-rows update (trainables/optimizer.py) gives.
+
 Model FLOP utilisation: 6 x non-embedding parameters x tokens/s over the fp32 matrix-multiply
 peak measured with torch in the same run (common.matmul_peak_flops).
 """
@@ -147,21 +151,22 @@ def load_model(context: Context) -> Any:
     return get_task(TASK).load_model(str(context.model))
 
 
-def ours_settings(sizes: Sizes) -> Any:
+def ours_settings(sizes: Sizes, sparse_embedding_updates: bool = True) -> Any:
     from trainables.settings import Settings
 
-    return replace(Settings(), epochs=1, batch_size=sizes.batch_size, micro_batch_size=sizes.batch_size,
+    return replace(Settings(), sparse_embedding_updates=sparse_embedding_updates, epochs=1, batch_size=sizes.batch_size, micro_batch_size=sizes.batch_size,
                    task_max_length=sizes.seq_limit, device="cpu", precision="fp32",
                    length_group_factor=trainer_mega_batch_factor(sizes.examples, sizes.batch_size))
 
 
-def run_ours(context: Context, sizes: Sizes, features: Any, tokenizer: Any) -> RunResult:
+def run_ours(context: Context, sizes: Sizes, features: Any, tokenizer: Any,
+             sparse_embedding_updates: bool = True) -> RunResult:
     from trainables.finetuning import fine_tune
 
     model = load_model(context)
     meter = TokenMeter(model)
     step_ends: list[float] = []
-    fine_tune(model, tokenizer, TASK, features, ours_settings(sizes), seed=SEED,
+    fine_tune(model, tokenizer, TASK, features, ours_settings(sizes, sparse_embedding_updates), seed=SEED,
               on_step=lambda info: step_ends.append(time.perf_counter()))
     meter.close()
     del model
@@ -288,12 +293,14 @@ def run(context: Context) -> Section:
     peaks = [matmul_peak_flops(peak_size)]
     warm_up(context, features)
     ours: list[RunResult] = []
+    ours_dense: list[RunResult] = []
     grouped: list[RunResult] = []
     dynamic: list[RunResult] = []
     limit: list[RunResult] = []
     for repeat in range(sizes.repeats):  # interleaved: slow phases of the machine hit both sides
         ours.append(run_ours(context, sizes, features, tokenizer))
         grouped.append(run_trainer(context, sizes, unpadded, tokenizer, "grouped"))
+        ours_dense.append(run_ours(context, sizes, features, tokenizer, sparse_embedding_updates=False))
         if repeat < sizes.info_repeats:
             dynamic.append(run_trainer(context, sizes, unpadded, tokenizer, "dynamic"))
             limit.append(run_trainer(context, sizes, padded, tokenizer, "limit"))
@@ -317,6 +324,7 @@ def run(context: Context) -> Section:
     del model
     ours_best, grouped_best, dynamic_best, limit_best = best(ours), best(grouped), best(dynamic), best(limit)
     ours_reusing_best, grouped_reusing_best = best(ours_reusing), best(grouped_reusing)
+    ours_dense_best = best(ours_dense)
 
     def ratio(baseline: RunResult) -> float:
         return ours_best.tokens_per_second / baseline.tokens_per_second
@@ -356,12 +364,17 @@ def run(context: Context) -> Section:
             rate(ours_reusing_best.tokens_per_second), rate(ours_best.tokens_per_second),
             ours_reusing_best.tokens_per_second / ours_best.tokens_per_second, "info", None,
             "what a sweep's trials gain from ALLOCATOR_ENV; it changes no number"),
+        Row("1g. ours / ours with dense embedding updates (info)", rate(ours_best.tokens_per_second),
+            rate(ours_dense_best.tokens_per_second), ratio(ours_dense_best), "info", None,
+            "sparse_embedding_updates=False: the whole word-embedding matrix's gradient and AdamW update"
+            " at every step (trainables/optimizer.py; same numbers up to rounding)"),
     ]
     details = {
         "sizes": sizes.__dict__, "steps": steps, "mega_batch_factor": factor,
         "non_embedding_parameters": parameters, "matmul_peak_flops": peaks,
         "torch_threads": torch.get_num_threads(),
-        "ours": [r.as_dict() for r in ours], "trainer_grouped": [r.as_dict() for r in grouped],
+        "ours": [r.as_dict() for r in ours], "ours_dense_embedding_updates": [r.as_dict() for r in ours_dense],
+        "trainer_grouped": [r.as_dict() for r in grouped],
         "trainer_dynamic_padding": [r.as_dict() for r in dynamic],
         "trainer_max_length": [r.as_dict() for r in limit],
         "ours_workers_allocator": [r.as_dict() for r in ours_reusing],

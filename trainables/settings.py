@@ -227,6 +227,7 @@ SETTING_RULES: dict[str, Rule] = {
     "device": Rule("one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'", _device),
     "precision": one_of("tf32", "fp32", "bf16"),
     "num_threads": _optional(POSITIVE),
+    "sparse_embedding_updates": flag(),
     "preset": _registered("preset", lambda: PRESETS),
 }
 
@@ -357,6 +358,10 @@ class Settings:
     # full fp32 matmuls; "bf16": bf16 autocast on GPU and CPU, faster, not the reference's numbers.
     precision: str = "tf32"
     num_threads: int | None = None  # torch intra-op threads (None: torch's default)
+    # Word embeddings: sparse gradients and AdamW on the rows that ever had a gradient, the others
+    # being rows AdamW leaves unchanged (exact with weight decay 0: trainables/optimizer.py);
+    # False: the dense gradient and update of the whole matrix (same numbers up to rounding).
+    sparse_embedding_updates: bool = True
     preset: str = "paper"
 
     def __post_init__(self) -> None:
