@@ -38,14 +38,17 @@ SOURCE_CORPUS = "ntrex"
 LANG = "es"  # MUSE and FastAlign both cover it; whitespace-separated like English (no jieba)
 SYNTHETIC_CORPUS = "synthetic"
 DEFAULT_OUT = PROJECT_ROOT / "results" / "corpus_memory.json"
+FASTALIGN_BACKENDS = ("numpy", "auto", "systran-align", "fast_align")  # trainables.pairs.FASTALIGN_BACKENDS
+DEFAULT_BACKEND = "numpy"  # the setting's default
 
 # Run in the child: extraction, then its own peak RSS and its children's.
 _CHILD = r"""
 import json, resource, sys, time
-from trainables.pairs import extract_pairs
-data, cache, corpus, lang, source = sys.argv[1:6]
+from trainables.pairs import PairContext, extract_pairs
+data, cache, corpus, lang, source, backend = sys.argv[1:7]
 start = time.perf_counter()
-aligned = extract_pairs(corpus, lang, source, data_dir=data, cache_dir=cache)
+aligned = extract_pairs(corpus, lang, source, data_dir=data, cache_dir=cache,
+                        context=PairContext(fastalign_backend=backend))
 seconds = time.perf_counter() - start
 hwm = [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
@@ -93,7 +96,7 @@ def write_corpus(data_dir: Path, source_dir: Path, n_lines: int, corpus: str = S
             (muse / name).write_bytes((source_dir / "muse" / name).read_bytes())
 
 
-def unavailable(source: str) -> str | None:
+def unavailable(source: str, backend: str = DEFAULT_BACKEND) -> str | None:
     """Why `source` cannot run in this interpreter (fast_align missing), else None."""
     if source != "fastalign":
         return None
@@ -101,29 +104,30 @@ def unavailable(source: str) -> str | None:
     from trainables.pairs import fastalign_backend
 
     try:
-        fastalign_backend()
+        fastalign_backend(backend)
     except TrialInputError as error:
         return str(error)
     return None
 
 
-def measure(source: str, data_dir: Path, cache_dir: Path, lang: str = LANG) -> dict[str, Any]:
+def measure(source: str, data_dir: Path, cache_dir: Path, lang: str = LANG,
+            backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
     """`extract_pairs` of the synthetic corpus with `source` in a fresh process: seconds, peak
     bytes of that process and of its largest child, sentences and pairs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SWEEP_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", _CHILD, str(data_dir), str(cache_dir), SYNTHETIC_CORPUS, lang,
-                           source], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+                           source, backend], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"extract_pairs {source} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def rows(results: dict[str, dict[str, Any]], n_lines: int) -> list[Row]:
+def rows(results: dict[str, dict[str, Any]], n_lines: int, backend: str = DEFAULT_BACKEND) -> list[Row]:
     """One row a source: its peak (process or child, whichever is larger), passed against the
     target only at >= TARGET_LINES lines (a smaller corpus says nothing about the paper's size)."""
     out = []
     for source, result in results.items():
-        label = f"6. corpus memory: {source}, {n_lines:,} lines"
+        label = f"6. corpus memory: {source}{f' ({backend})' if source == 'fastalign' else ''}, {n_lines:,} lines"
         if "skipped" in result:
             out.append(Row(label, "skipped", "-", None, TARGET_TEXT, None, note=result["skipped"]))
             continue
@@ -138,18 +142,19 @@ def rows(results: dict[str, dict[str, Any]], n_lines: int) -> list[Row]:
 
 
 def measure_all(data_dir: Path, n_lines: int, sources: Sequence[str], work_dir: Path,
-                corpus: str = SOURCE_CORPUS, log: bool = False) -> dict[str, Any]:
+                corpus: str = SOURCE_CORPUS, log: bool = False, backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
     """Write the corpus under `work_dir` and measure every source (each with a fresh cache)."""
     start = time.perf_counter()
     synthetic = work_dir / "data"
     write_corpus(synthetic, data_dir, n_lines, corpus)
-    details: dict[str, Any] = {"lines": n_lines, "corpus": corpus, "lang": LANG,
+    details: dict[str, Any] = {"lines": n_lines, "corpus": corpus, "lang": LANG, "fastalign_backend": backend,
                                "write_seconds": time.perf_counter() - start, "sources": {}}
     if log:
         print(f"corpus of {n_lines:,} lines written in {details['write_seconds']:.0f} s", flush=True)
     for source in sources:
-        reason = unavailable(source)
-        result = {"skipped": reason} if reason else measure(source, synthetic, work_dir / f"cache-{source}")
+        reason = unavailable(source, backend)
+        result = {"skipped": reason} if reason else measure(source, synthetic, work_dir / f"cache-{source}",
+                                                            backend=backend)
         details["sources"][source] = result
         if log:
             print(source, json.dumps(result), flush=True)
@@ -190,12 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"pair sources, comma-separated (default {','.join(SOURCES)})")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SWEEP_DATA_DIR") or DEFAULT_DATA_DIR),
                         help="where the real corpus and MUSE files are (default $SWEEP_DATA_DIR, else ../shared/data)")
+    parser.add_argument("--fastalign-backend", default=DEFAULT_BACKEND, choices=FASTALIGN_BACKENDS,
+                        help=f"the setting fastalign_backend (default {DEFAULT_BACKEND})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="corpus-memory-") as tmp:
-        details = measure_all(args.data_dir, args.lines, args.sources, Path(tmp), log=True)
-    table = rows(details["sources"], args.lines)
+        details = measure_all(args.data_dir, args.lines, args.sources, Path(tmp), log=True,
+                              backend=args.fastalign_backend)
+    table = rows(details["sources"], args.lines, args.fastalign_backend)
     document = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.corpus_memory " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -41,7 +41,9 @@ NO_REALIGNMENT = "none"
 # content key changes, so the sweep runs it again instead of keeping the old numbers.
 # 2 (2026-12-06): the reference's projection head, realignment stream (buffer shuffle, restarted
 # each epoch of joint training) and length rules (128 before fine-tuning, lone pieces' room).
-PROTOCOL_VERSION = 2
+# 3 (2026-12-06): FastAlign pairs from fast_align's programs' links (trainables.fastalign_numpy)
+# rather than systran-align's.
+PROTOCOL_VERSION = 3
 # Settings that change where a trial's work is stored or how fast it runs, never its numbers.
 SETTINGS_OUTSIDE_IDENTITY: tuple[str, ...] = ("cache_dir",)
 TRIAL_KEY_LENGTH = 12

@@ -68,18 +68,21 @@ FASTALIGN_DRIVER_NOTE = "checked on this machine (the driver) only, before Ray s
 NODE_CHECK_TIMEOUT_S = 120.0  # a node sets up the job's runtime environment before its first task
 
 
-def fastalign_missing_here() -> str | None:
-    """Why the `fastalign` pair source cannot run on this machine (one line), or None."""
+def fastalign_missing_here(backends: Iterable[str] = ("auto",)) -> str | None:
+    """Why the `fastalign` pair source cannot run on this machine with these `fastalign_backend`
+    settings (one line), or None. The default backend, "numpy", needs nothing."""
     from trainables.pairs import fastalign_backend
 
-    try:  # systran-align, or the fast_align and atools programs on PATH
-        fastalign_backend()
-    except ValueError as error:  # TrialInputError
-        return _one_line(error)
+    for backend in sorted(set(backends)):
+        try:  # systran-align, or the fast_align and atools programs on PATH
+            fastalign_backend(backend)
+        except ValueError as error:  # TrialInputError
+            return _one_line(error)
     return None
 
 
-def fastalign_node_problems(nodes: list[dict[str, Any]], timeout: float = NODE_CHECK_TIMEOUT_S) -> list[str]:
+def fastalign_node_problems(nodes: list[dict[str, Any]], timeout: float = NODE_CHECK_TIMEOUT_S,
+                            backends: Iterable[str] = ("auto",)) -> list[str]:
     """One line per node of the running Ray (`ray.nodes()` entries) where the `fastalign` pair
     source cannot run: `fastalign_missing_here` in one task pinned to each node
     (NodeAffinitySchedulingStrategy, not soft), so a compute node without fast_align is found
@@ -89,7 +92,7 @@ def fastalign_node_problems(nodes: list[dict[str, Any]], timeout: float = NODE_C
 
     probe = ray.remote(num_cpus=0, max_retries=0)(fastalign_missing_here)
     asked = {f"node {node.get('NodeManagerAddress', '?')} ({str(node['NodeID'])[:8]})": probe.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(sorted(set(backends)))
         for node in nodes}
     ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=timeout)
     answered = set(ready)
@@ -114,6 +117,7 @@ def preflight_problems(experiment: Experiment) -> list[str]:
         else:
             hub_models.setdefault(source, f"model {name!r}")
     needs: set[tuple] = set()
+    fastalign_backends: set[str] = set()
     for trial in experiment.trials:
         try:
             settings = make_settings(dict(trial.settings), model=trial.model)
@@ -124,13 +128,15 @@ def preflight_problems(experiment: Experiment) -> list[str]:
         needs.add(("parallel", trial.corpus, settings.langs, settings.data_dir, None))
         if trial.pairs == "dico":  # only the MUSE files the setting reads (en-X alone for "en-x-copy")
             needs.add(("dictionary", "muse", settings.langs, settings.data_dir, settings.muse_reverse_file))
+        if trial.pairs == "fastalign":
+            fastalign_backends.add(settings.fastalign_backend)
         if trial.pairs == "awesome":
             sources = folders if looks_like_local_path(settings.awesome_model) else hub_models
             sources.setdefault(settings.awesome_model, "setting awesome_model")
-    if any(trial.pairs == "fastalign" for trial in experiment.trials):
+    if fastalign_backends:
         # On a cluster the trials run on other nodes: `fastalign_node_problems` checks those once
         # Ray is up; this line only says what this machine lacks.
-        reason = fastalign_missing_here()
+        reason = fastalign_missing_here(fastalign_backends)
         if reason is not None:
             problems.append(f"{reason} ({FASTALIGN_DRIVER_NOTE})")
     problems.extend(model_folder_problems(folders))

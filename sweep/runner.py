@@ -289,11 +289,18 @@ def check_fastalign_nodes(configs: Iterable[Mapping[str, Any]], nodes: list[dict
     """Refuse to start when a trial reads FastAlign pairs and a node of the cluster cannot run
     fast_align (`sweep.preflight.fastalign_node_problems`, one line a node), before any trial
     is scheduled on it."""
-    if not any(config["pairs"] == "fastalign" for config in configs):
+    from trainables.pairs import FASTALIGN_NUMPY
+    from trainables.settings import Settings
+
+    default = Settings().fastalign_backend
+    backends = {(config.get("settings") or {}).get("fastalign_backend", default)
+                for config in configs if config["pairs"] == "fastalign"} - {FASTALIGN_NUMPY}  # numpy needs nothing
+    if not backends:
         return
     from sweep.preflight import NODE_CHECK_TIMEOUT_S, fastalign_node_problems
 
-    problems = fastalign_node_problems(nodes, timeout=NODE_CHECK_TIMEOUT_S if timeout is None else timeout)
+    problems = fastalign_node_problems(nodes, timeout=NODE_CHECK_TIMEOUT_S if timeout is None else timeout,
+                                       backends=backends)
     if problems:
         raise ExperimentError(f"pair source 'fastalign' cannot run on {len(problems)} of the cluster's "
                               f"{len(nodes)} nodes: " + "; ".join(problems))

@@ -67,7 +67,7 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path, capsys):
     assert [row["passed"] for row in memory["rows"]] == [None, None]
     for source, row in zip(("dico", "fastalign"), memory["rows"]):
         result = memory["details"]["sources"][source]
-        assert row["benchmark"].startswith(f"6. corpus memory: {source}, ")
+        assert row["benchmark"].startswith(f"6. corpus memory: {source}{' (numpy)' if source == 'fastalign' else ''}, ")
         if "skipped" not in result:
             assert result["sentences"] == memory["details"]["lines"] and result["pairs"] > 0
             assert 0 < result["peak_bytes"] < 4 * 1024**3 and row["ours"].endswith(" GB")
@@ -173,6 +173,7 @@ def test_corpus_memory_rows_judge_the_larger_peak_and_only_at_the_target_size():
     at_target = corpus_memory_rows(results, TARGET_LINES)
     assert [(row.ours, row.passed) for row in at_target] == [("3.00 GB", True), ("5.00 GB", False)]
     assert at_target[0].benchmark == "6. corpus memory: dico, 1,000,000 lines"
+    assert at_target[1].benchmark == "6. corpus memory: fastalign (numpy), 1,000,000 lines"
     assert all(row.target == "< 4 GB at 1M lines" for row in at_target)
     smaller = corpus_memory_rows(results, 100_000)
     assert [row.passed for row in smaller] == [None, None] and "1,000,000" in smaller[1].note

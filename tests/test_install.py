@@ -1,6 +1,7 @@
 """Installing on Python 3.10-3.13, x86_64 and aarch64: systran-align (fast_align as a library) is a
-dependency only where a wheel of it exists, and elsewhere the `fastalign` pair source says in one
-line what to install instead."""
+dependency only where a wheel of it exists, and where a `fastalign_backend` that needs it or the
+programs is chosen without them, the `fastalign` pair source says in one line what to install
+(the default backend, "numpy", needs neither: tests/test_fastalign_numpy.py)."""
 
 import importlib.util
 import re

@@ -125,3 +125,17 @@ def test_only_untied_input_embeddings_get_sparse_gradients():
         assert not sparse and not masked_lm.get_input_embeddings().sparse
     with sparse_embedding_gradients(tagger, enabled=False) as sparse:
         assert not sparse
+
+
+def test_global_step_hooks_run_once_a_step_even_once_plain_adamw_was_used(start):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    make(torch.optim.AdamW, copy.deepcopy(start)).step()  # torch has now wrapped AdamW.step with the hooks
+    calls = []
+    handle = register_optimizer_step_pre_hook(lambda *args: calls.append(1))
+    try:
+        lazy = copy.deepcopy(start)
+        train(lazy, make(LazyRowsAdamW, lazy), batches(3), lazy=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 3

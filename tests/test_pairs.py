@@ -256,11 +256,11 @@ def test_fastalign_backend_prefers_systran_align_then_the_programs(tmp_path, mon
     monkeypatch.syspath_prepend(str(tmp_path / "lib"))
     monkeypatch.setenv("PATH", str(tmp_path))
     assert pairs_module.fastalign_backend() == "systran-align"
-    library_key = PairContext().cache_parts("fastalign", "es")
+    library_key = PairContext(fastalign_backend="auto").cache_parts("fastalign", "es")
 
     install_fake_programs(tmp_path, monkeypatch, "")
     assert pairs_module.fastalign_backend() == "fast_align"
-    programs_key = PairContext().cache_parts("fastalign", "es")
+    programs_key = PairContext(fastalign_backend="auto").cache_parts("fastalign", "es")
     assert library_key != programs_key and {library_key["backend"], programs_key["backend"]} == {
         "systran-align", "fast_align"}
 
@@ -269,8 +269,8 @@ def test_fastalign_backend_prefers_systran_align_then_the_programs(tmp_path, mon
 def test_fastalign_without_either_way_fails_in_one_line_naming_both(tmp_path, monkeypatch, programs):
     install_fake_programs(tmp_path, monkeypatch, "", programs=programs)
     for attempt in (pairs_module.fastalign_backend,
-                    lambda: fastalign_source([["a"]], [["b"]], "es", PairContext()),
-                    lambda: PairContext().cache_parts("fastalign", "es")):
+                    lambda: fastalign_source([["a"]], [["b"]], "es", PairContext(fastalign_backend="auto")),
+                    lambda: PairContext(fastalign_backend="auto").cache_parts("fastalign", "es")):
         with pytest.raises(ValueError) as failure:
             attempt()
         message = str(failure.value)
@@ -289,7 +289,7 @@ def test_fastalign_programs_run_as_the_reference_script_and_their_links_become_p
     # "dog" links to two words (dropped with both links), Paris-Paris is identical (dropped).
     # Line 3 has no links.
     log = install_fake_programs(tmp_path, monkeypatch, "0-0 1-1 2-2\n0-0 1-1 1-2 3-3\n\n")
-    context = PairContext(fastalign_iterations=7, fastalign_optimize_tension=False)
+    context = PairContext(fastalign_iterations=7, fastalign_optimize_tension=False, fastalign_backend="auto")
     table = fastalign_source(en_words, x_words, "es", context)
     pd.testing.assert_frame_equal(table, frame([
         (0, 0, 0, "the", "el"), (0, 1, 1, "cat", "gato"), (0, 2, 2, "sleeps", "duerme"), (2, 0, 0, "a", "un")]))
@@ -316,7 +316,7 @@ def test_fastalign_programs_run_as_the_reference_script_and_their_links_become_p
 def test_fastalign_programs_bad_output_is_reported(tmp_path, monkeypatch, pharaoh, error):
     install_fake_programs(tmp_path, monkeypatch, pharaoh)
     with pytest.raises(RuntimeError, match=error):
-        fastalign_source([["a"], ["b"], ["c"]], [["x"], ["y"], ["z"]], "es", PairContext())
+        fastalign_source([["a"], ["b"], ["c"]], [["x"], ["y"], ["z"]], "es", PairContext(fastalign_backend="auto"))
 
 
 def test_parse_pharaoh_by_hand():

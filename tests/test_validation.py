@@ -303,14 +303,14 @@ def test_preflight_requires_only_the_muse_files_the_setting_reads(tiny_world, tm
 def test_preflight_says_fast_align_is_checked_on_the_driver_only(tiny_world, monkeypatch):
     from trainables import pairs
 
-    def missing() -> str:
+    def missing(choice: str = "auto") -> str:
         raise TrialInputError("pair source 'fastalign' needs fast_align: found neither")
 
     monkeypatch.setattr(pairs, "fastalign_backend", missing)
     problems = preflight_problems(_experiment(*tiny_world, pairs="fastalign"))
     assert problems == [f"pair source 'fastalign' needs fast_align: found neither ({FASTALIGN_DRIVER_NOTE})"]
     assert fastalign_missing_here() == "pair source 'fastalign' needs fast_align: found neither"
-    monkeypatch.setattr(pairs, "fastalign_backend", lambda: "fast_align")
+    monkeypatch.setattr(pairs, "fastalign_backend", lambda choice="auto": "fast_align")
     assert preflight_problems(_experiment(*tiny_world, pairs="fastalign")) == [] and fastalign_missing_here() is None
 
 
@@ -329,11 +329,13 @@ def test_fast_align_is_asked_of_every_node_of_a_running_ray():
         from sweep.runner import check_fastalign_nodes
 
         check_fastalign_nodes([{"pairs": "dico"}], nodes=[])  # no FastAlign trial: nothing is asked
+        check_fastalign_nodes([{"pairs": "fastalign", "settings": {}}], nodes=[])  # numpy, the default: nothing
+        auto = {"pairs": "fastalign", "settings": {"fastalign_backend": "auto"}}
         if expected is None:
-            check_fastalign_nodes([{"pairs": "fastalign"}], nodes, timeout=60)
+            check_fastalign_nodes([auto], nodes, timeout=60)
         else:
             with pytest.raises(ExperimentError, match=r"cannot run on 1 of the cluster's 1 nodes: node "):
-                check_fastalign_nodes([{"pairs": "fastalign"}], nodes, timeout=60)
+                check_fastalign_nodes([auto], nodes, timeout=60)
     finally:
         ray.shutdown()
 

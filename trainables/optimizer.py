@@ -31,33 +31,44 @@ from torch import nn
 
 
 class LazyRowsAdamW(torch.optim.AdamW):
-    """torch.optim.AdamW; parameters with a sparse gradient are updated on their touched rows only."""
+    """torch.optim.AdamW; parameters with a sparse gradient are updated on their touched rows only.
+
+    AdamW's own `step` runs unchanged: a step pre-hook takes the sparse gradients out of its way
+    (it skips a parameter without a gradient) and a step post-hook updates their rows. Hooks rather
+    than an overridden `step` calling AdamW's: torch wraps each optimizer class's `step` with the
+    global step hooks, which would then run twice a step."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._touched: dict[nn.Parameter, torch.Tensor] = {}  # bool per row: ever had a gradient
+        self._held: list[tuple[dict[str, Any], nn.Parameter, torch.Tensor]] = []
+        self.register_step_pre_hook(LazyRowsAdamW._hold_sparse_gradients)
+        self.register_step_post_hook(LazyRowsAdamW._update_touched_rows)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._touched = {}  # rebuilt from the loaded moments at the next step
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        held: list[tuple[dict[str, Any], nn.Parameter, torch.Tensor]] = []
-        for group in self.param_groups:
+    @staticmethod
+    def _hold_sparse_gradients(optimizer: "LazyRowsAdamW", args: Any, kwargs: Any) -> None:
+        optimizer._held = []
+        for group in optimizer.param_groups:
             for param in group["params"]:
                 if param.grad is None or not param.grad.is_sparse:
                     continue
                 if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
                     param.grad = param.grad.to_dense()  # the lazy rule is exact only without these
                     continue
-                held.append((group, param, param.grad))
-                param.grad = None  # the dense step skips a parameter without a gradient
-        loss = super().step(closure)
+                optimizer._held.append((group, param, param.grad))
+                param.grad = None  # AdamW's step skips a parameter without a gradient
+
+    @staticmethod
+    @torch.no_grad()
+    def _update_touched_rows(optimizer: "LazyRowsAdamW", args: Any, kwargs: Any) -> None:
+        held, optimizer._held = optimizer._held, []
         for group, param, grad in held:
-            self._touched_rows_step(group, param, grad)
+            optimizer._touched_rows_step(group, param, grad)
             param.grad = grad
-        return loss
 
     def _touched_rows_step(self, group: dict[str, Any], param: nn.Parameter, grad: torch.Tensor) -> None:
         state = self.state[param]

@@ -74,7 +74,7 @@ from trainables.data import (
 from trainables.errors import TrialInputError
 from trainables.models import model_family
 from trainables.segmentation import segment_corpus, segmentation_id
-from trainables.registry import lookup
+from trainables.registry import did_you_mean, lookup
 
 if TYPE_CHECKING:  # torch and transformers are imported where used: the sweep driver stays light
     import torch
@@ -103,10 +103,15 @@ PROGRESS_INTERVAL_S = 2.0  # at most one on_progress call per interval (and one 
 # would break the line, so such tokens are renamed for the aligner only.
 FASTALIGN_SEPARATOR = "|||"
 FASTALIGN_SEPARATOR_STANDIN = "<bars>"
-# The two ways to run fast_align (see fastalign_links): the systran-align package, whose wheels
-# exist for CPython <= 3.11 on Linux x86_64 only, else clab/fast_align's programs on PATH.
+# The ways to run fast_align (see fastalign_links). "numpy" (the default): trainables.fastalign_numpy,
+# the same links as clab/fast_align's programs on the paper's options, in bounded memory, anywhere;
+# "systran-align": that package (wheels for CPython <= 3.11 on Linux x86_64 only), whose aligner
+# links differently from the programs; "fast_align": clab/fast_align's programs on PATH; "auto":
+# systran-align where installed, else the programs.
+FASTALIGN_NUMPY = "numpy"
 FASTALIGN_LIBRARY = "systran-align"
 FASTALIGN_PROGRAMS = ("fast_align", "atools")
+FASTALIGN_BACKENDS = (FASTALIGN_NUMPY, "auto", FASTALIGN_LIBRARY, FASTALIGN_PROGRAMS[0])
 PHARAOH_LINE = re.compile(r"(?:\d+-\d+(?:\s+\d+-\d+)*)?", re.ASCII)  # "0-0 1-2 ...", maybe empty
 
 
@@ -128,6 +133,7 @@ class PairContext:
     fastalign_favor_diagonal: bool = True  # -d
     fastalign_optimize_tension: bool = True  # -o
     fastalign_variational_bayes: bool = True  # -v
+    fastalign_backend: str = FASTALIGN_NUMPY  # one of FASTALIGN_BACKENDS (fastalign_backend)
     # Sentence pairs a language sampled from the corpus (data.reservoir_sample; None: all) and its seed.
     parallel_sample: int | None = PARALLEL_SAMPLE
     parallel_sample_seed: int = PARALLEL_SAMPLE_SEED
@@ -148,6 +154,7 @@ class PairContext:
             awesome_threshold=settings.awesome_threshold,
             dico_lowercase=settings.dico_lowercase,
             muse_reverse_file=settings.muse_reverse_file,
+            fastalign_backend=getattr(settings, "fastalign_backend", FASTALIGN_NUMPY),
             parallel_sample=getattr(settings, "parallel_sample", PARALLEL_SAMPLE),
             device=device,
         )
@@ -174,7 +181,7 @@ class PairContext:
             )
         if source == "fastalign":
             return dict(
-                backend=fastalign_backend(),  # the library and the programs may link differently
+                backend=fastalign_backend(self.fastalign_backend),  # the library links differently
                 iterations=self.fastalign_iterations,
                 d=self.fastalign_favor_diagonal,
                 o=self.fastalign_optimize_tension,
@@ -412,21 +419,30 @@ def _fastalign_tokens(words: list[str]) -> list[str]:
     return [FASTALIGN_SEPARATOR_STANDIN if FASTALIGN_SEPARATOR in w else w for w in words]
 
 
-def fastalign_backend() -> str:
-    """How the `fastalign` source runs fast_align here: "systran-align" where that package is
+def fastalign_backend(choice: str = "auto") -> str:
+    """How the `fastalign` source runs fast_align (setting `fastalign_backend`): "numpy" as it is;
+    "systran-align" or "fast_align" if installed; "auto": "systran-align" where that package is
     installed, else "fast_align" where clab/fast_align's `fast_align` and `atools` are on PATH.
 
     The package is looked up without importing it: importing loads its own OpenMP runtime into this
-    process, which only the child process of `fastalign_links` needs. Neither way: TrialInputError.
+    process, which only the child process of `fastalign_links` needs. Not there: TrialInputError.
     """
-    if importlib.util.find_spec("systran_align") is not None:
+    if choice not in FASTALIGN_BACKENDS:
+        raise TrialInputError(f"setting fastalign_backend={choice!r}{did_you_mean(choice, FASTALIGN_BACKENDS)}")
+    if choice == FASTALIGN_NUMPY:
+        return FASTALIGN_NUMPY
+    library = importlib.util.find_spec("systran_align") is not None
+    programs = all(shutil.which(program) for program in FASTALIGN_PROGRAMS)
+    if choice == FASTALIGN_LIBRARY and library or choice == "auto" and library:
         return FASTALIGN_LIBRARY
-    if all(shutil.which(program) for program in FASTALIGN_PROGRAMS):
+    if choice == FASTALIGN_PROGRAMS[0] and programs or choice == "auto" and programs:
         return FASTALIGN_PROGRAMS[0]
+    wanted = {FASTALIGN_LIBRARY: "pip install systran-align (wheels for CPython 3.10-3.11 on Linux x86_64 only)",
+              FASTALIGN_PROGRAMS[0]: "put the fast_align and atools programs (github.com/clab/fast_align) on PATH"}
+    ways = " or ".join(wanted.values()) if choice == "auto" else wanted[choice]
     raise TrialInputError(
-        "pair source 'fastalign' needs fast_align: pip install systran-align (wheels for CPython"
-        " 3.10-3.11 on Linux x86_64 only) or put the fast_align and atools programs"
-        " (github.com/clab/fast_align) on PATH; found neither")
+        f"pair source 'fastalign' needs fast_align (fastalign_backend={choice!r}): {ways}; found"
+        f" {'neither' if choice == 'auto' else 'it not'}; fastalign_backend='numpy' (the default) needs neither")
 
 
 def fastalign_links(
@@ -444,7 +460,11 @@ def fastalign_links(
       `GDFACommand`, the code of `atools -c grow-diag-final-and`;
     - else the programs on PATH, run exactly as the reference's script ran them. They output the
       Viterbi links of the last EM iteration rather than realigning with the final tables, so the
-      two ways can give slightly different pairs (the backend is part of the cache key).
+      two ways give different pairs (the backend is part of the cache key);
+    - "numpy" (the default): `trainables.fastalign_numpy`, the programs' EM, Viterbi links and
+      grow-diag-final-and re-implemented in bounded memory. On NTREX (5 languages, 1,997 lines)
+      its links are identical to those of clab/fast_align's programs built from source, forward,
+      reverse and symmetrised (tests/test_fastalign_numpy.py); systran-align's share 83% of them.
 
     Sentence pairs with an empty side are left out (fast_align cannot align them). fast_align's EM
     adds floats from several OpenMP threads in a varying order, so two runs on the same corpus can
@@ -470,7 +490,7 @@ def _fastalign_link_chunks(
     """fast_align over the whole corpus, its input file written and its links read a chunk of
     `chunk` sentence pairs at a time: yields ((n, 3) int64 links (sentence, src, tgt) of
     sentences start..stop-1, start, stop) in order. `on_aligned` is called once the aligner is done."""
-    backend = fastalign_backend()
+    backend = fastalign_backend(context.fastalign_backend)
     options = dict(
         iterations=context.fastalign_iterations,
         favor_diagonal=context.fastalign_favor_diagonal,
@@ -497,7 +517,9 @@ def _fastalign_link_chunks(
         src_len, tgt_len = np.asarray(src_lengths, dtype=np.int64), np.asarray(tgt_lengths, dtype=np.int64)
         del usable_parts, src_lengths, tgt_lengths
         if len(usable):
-            if backend != FASTALIGN_LIBRARY:
+            if backend == FASTALIGN_NUMPY:
+                _fastalign_with_numpy(corpus, options, links_path)
+            elif backend != FASTALIGN_LIBRARY:
                 _fastalign_with_programs(corpus, len(usable), options, single_thread, links_path)
             else:
                 command = [sys.executable, "-c", _SYSTRAN_ALIGN_CHILD, str(corpus), str(links_path),
@@ -522,6 +544,15 @@ def _fastalign_link_chunks(
                 raise RuntimeError(f"fast_align ({backend}): a link points past the end of its sentence")
             yield np.column_stack([usable[rows], block[:, 1], block[:, 2]]), start, min(start + chunk, n_sentences)
         del links
+
+
+def _fastalign_with_numpy(corpus: Path, options: dict[str, Any], links_path: Path) -> None:
+    """trainables.fastalign_numpy on the corpus file: the (row, src, tgt) int32 links to `links_path`."""
+    from trainables.fastalign_numpy import fastalign_gdfa, read_corpus
+
+    words = read_corpus(corpus, FASTALIGN_SEPARATOR)
+    links = fastalign_gdfa(words, **options, workdir=corpus.parent)
+    links.astype(np.int32).tofile(links_path)
 
 
 def _fastalign_with_programs(corpus: Path, n_lines: int, options: dict[str, Any], env: dict[str, str],

@@ -224,6 +224,7 @@ SETTING_RULES: dict[str, Rule] = {
     "awesome_model": text("a model folder or hub id"),
     "awesome_layer": whole(0),
     "awesome_threshold": number(0, 1, high_open=True),
+    "fastalign_backend": one_of("numpy", "auto", "systran-align", "fast_align"),
     "device": Rule("one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'", _device),
     "precision": one_of("tf32", "fp32", "bf16"),
     "num_threads": _optional(POSITIVE),
@@ -351,6 +352,10 @@ class Settings:
     awesome_model: str = "aneuraz/awesome-align-with-co"  # AWESOME's fine-tuned aligner (pairs.py)
     awesome_layer: int = 8
     awesome_threshold: float = 1e-3
+    # How fast_align runs (trainables.pairs.fastalign_backend): "numpy", our re-implementation, the
+    # same links as clab/fast_align's programs (the reference's) in bounded memory; "systran-align"
+    # (links differently); "fast_align" (the programs on PATH); "auto" (systran-align, else the programs).
+    fastalign_backend: str = "numpy"
 
     # --- runtime ------------------------------------------------------------------------------
     device: str = "auto"  # "auto": cuda if available
