@@ -84,13 +84,13 @@ def read_corpus(path: Path, separator: str = "|||") -> Corpus:
                 encoded = pc.dictionary_encode(pc.list_flatten(words))
                 vocabulary = vocabularies[side]
                 mapping = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in encoded.dictionary.to_pylist()),
-                                      dtype=np.int64, count=len(encoded.dictionary))
+                                      dtype=np.int32, count=len(encoded.dictionary))
                 ids[side].append(mapping[encoded.indices.to_numpy(zero_copy_only=False)] if len(mapping)
-                                 else np.empty(0, np.int64))
+                                 else np.empty(0, np.int32))
 
     def flat(side: int) -> tuple[np.ndarray, np.ndarray]:
         counts = np.concatenate(lengths[side]) if lengths[side] else np.empty(0, np.int64)
-        return (np.concatenate(ids[side]) if ids[side] else np.empty(0, np.int64),
+        return (np.concatenate(ids[side]) if ids[side] else np.empty(0, np.int32),
                 np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
 
     (src, src_offsets), (tgt, tgt_offsets) = flat(0), flat(1)
@@ -214,8 +214,14 @@ def _block(corpus: Corpus, start: int, stop: int, src_len: np.ndarray, tgt_len: 
     i = np.arange(int(group_size.sum())) - group_starts[row_target]
     src_position = corpus.src_offsets[word_sentence[row_target]] + np.maximum(i - 1, 0)
     e = np.where(i == 0, corpus.src_vocab, corpus.src[np.minimum(src_position, len(corpus.src) - 1)] if len(corpus.src) else 0)
-    keys = e * np.int64(corpus.tgt_vocab) + f[row_target]
+    keys = e.astype(np.int64) * np.int64(corpus.tgt_vocab) + f[row_target]
     return Block(word_sentence, group_starts, row_target, i, j, m, n, keys)
+
+
+def _distinct_sorted(keys: np.ndarray) -> np.ndarray:
+    # sort, then drop repeats: numpy 2's np.unique hashes integers first, ~10x slower here
+    keys = np.sort(keys)
+    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
 
 
 def _table_keys(corpus: Corpus) -> np.ndarray:
@@ -224,14 +230,14 @@ def _table_keys(corpus: Corpus) -> np.ndarray:
     pending: list[np.ndarray] = []
     pending_size = 0
     for block in _blocks(corpus):
-        distinct = np.unique(block.keys)
+        distinct = _distinct_sorted(block.keys)
         pending.append(distinct)
         pending_size += len(distinct)
         if pending_size > max(len(table), PAIRS_PER_BLOCK):  # merge when the pending part is as large
-            table = np.unique(np.concatenate([table, *pending]))
+            table = _distinct_sorted(np.concatenate([table, *pending]))
             pending, pending_size = [], 0
     if pending:
-        table = np.unique(np.concatenate([table, *pending]))
+        table = _distinct_sorted(np.concatenate([table, *pending]))
     return table
 
 
@@ -345,24 +351,38 @@ def viterbi_links(corpus: Corpus, iterations: int = 5, favor_diagonal: bool = Tr
                     model = float(np.sum(size_counts[size_row] * _compute_dlogz(
                         size_j, sizes[size_row, 0], sizes[size_row, 1], tension))) / n_target_words
                     tension = min(max(tension + (expected_feature - model) * TENSION_RATE, TENSION_MIN), TENSION_MAX)
-            probabilities = _normalize(table, counts, corpus.tgt_vocab, ALPHA if variational_bayes else None)
+            probabilities = _normalize(table, counts, corpus.tgt_vocab, ALPHA if variational_bayes else None,
+                                       out=probabilities)
             counts[:] = 0.0
-    return np.concatenate(links) if links else np.empty((0, 3), np.int64)
+    return np.concatenate(links) if links else np.empty((0, 3), np.int32)
 
 
-def _normalize(table: np.ndarray, counts: np.ndarray, tgt_vocab: int, alpha: float | None) -> np.ndarray:
+NORMALIZE_CHUNK = 1 << 21  # table entries normalised at a time (digamma's temporaries stay small)
+
+
+def _normalize(table: np.ndarray, counts: np.ndarray, tgt_vocab: int, alpha: float | None,
+               out: np.ndarray | None = None) -> np.ndarray:
     """t(f|e) from the expected counts, per source word e (ttables.h): NormalizeVB with `alpha`,
-    else Normalize (c / total; a total of 0 counts as 1)."""
+    else Normalize (c / total; a total of 0 counts as 1). Written into `out` when given."""
+    out = np.empty(len(table), np.float64) if out is None else out
     if not len(table):
-        return np.empty(0, np.float64)
+        return out
     source = table // tgt_vocab
     starts = np.flatnonzero(np.concatenate([[True], source[1:] != source[:-1]]))
-    group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(table))))
+    del source
+    totals = np.add.reduceat(counts if alpha is None else counts + alpha, starts)
     if alpha is None:
-        totals = np.add.reduceat(counts, starts)
-        return counts / np.where(totals == 0, 1.0, totals)[group]
-    totals = np.add.reduceat(counts + alpha, starts)
-    return np.exp(_digamma(counts + alpha) - _digamma(totals)[group])
+        totals[totals == 0] = 1.0
+    else:
+        totals = _digamma(totals)
+    for begin in range(0, len(table), NORMALIZE_CHUNK):
+        end = min(begin + NORMALIZE_CHUNK, len(table))
+        group = np.searchsorted(starts, np.arange(begin, end), "right") - 1
+        if alpha is None:
+            out[begin:end] = counts[begin:end] / totals[group]
+        else:
+            out[begin:end] = np.exp(_digamma(counts[begin:end] + alpha) - totals[group])
+    return out
 
 
 def _best_links(block: Block, probs: np.ndarray) -> np.ndarray:
@@ -373,7 +393,7 @@ def _best_links(block: Block, probs: np.ndarray) -> np.ndarray:
     first = np.minimum.reduceat(candidate, block.group_starts)
     source = block.i[first]
     keep = source > 0
-    return np.stack([block.sentence[keep], source[keep] - 1, block.j[keep]], axis=1)
+    return np.stack([block.sentence[keep], source[keep] - 1, block.j[keep]], axis=1).astype(np.int32)
 
 
 # --- symmetrisation (atools -c grow-diag-final-and) -------------------------------------------------
@@ -410,29 +430,31 @@ def _grow_diag_final_and(forward: set[tuple[int, int]], reverse: set[tuple[int, 
 
 
 def symmetrize(forward: np.ndarray, reverse: np.ndarray, n_sentences: int) -> np.ndarray:
-    """grow-diag-final-and of two directional link arrays ((n, 3) sentence, source, target, in
-    sentence order): (n, 3) int64 links, sorted by sentence, source, target."""
+    """grow-diag-final-and of two directional link arrays ((n, 3) sentence, source, target, grouped
+    by sentence in sentence order): (n, 3) int32 links, sorted by sentence, source, target."""
     forward_bounds = np.searchsorted(forward[:, 0], np.arange(n_sentences + 1))
     reverse_bounds = np.searchsorted(reverse[:, 0], np.arange(n_sentences + 1))
-    out: list[np.ndarray] = []
+    out = np.empty((len(forward) + len(reverse), 3), np.int32)  # the union bounds the result
+    size = 0
     for sentence in range(n_sentences):
         a = forward[forward_bounds[sentence] : forward_bounds[sentence + 1], 1:]
         b = reverse[reverse_bounds[sentence] : reverse_bounds[sentence + 1], 1:]
         if not len(a) and not len(b):
             continue
-        points = _grow_diag_final_and(set(map(tuple, a.tolist())), set(map(tuple, b.tolist())))
-        block = np.array(sorted(points), dtype=np.int64).reshape(-1, 2)
-        out.append(np.column_stack([np.full(len(block), sentence, np.int64), block]))
-    return np.concatenate(out) if out else np.empty((0, 3), np.int64)
+        points = sorted(_grow_diag_final_and(set(map(tuple, a.tolist())), set(map(tuple, b.tolist()))))
+        out[size : size + len(points), 0] = sentence
+        out[size : size + len(points), 1:] = points
+        size += len(points)
+    return out[:size].copy()
 
 
 def fastalign_gdfa(corpus: Corpus, iterations: int = 5, favor_diagonal: bool = True, optimize_tension: bool = True,
                    variational_bayes: bool = True, workdir: Path | None = None) -> np.ndarray:
     """`fast_align` (options as -I, -d, -o, -v), the same with `-r`, then `atools -c
-    grow-diag-final-and`: (n, 3) int64 links (sentence, source, target), sorted."""
+    grow-diag-final-and`: (n, 3) int32 links (sentence, source, target), sorted."""
     options = dict(iterations=iterations, favor_diagonal=favor_diagonal, optimize_tension=optimize_tension,
                    variational_bayes=variational_bayes, workdir=workdir)
     forward = viterbi_links(corpus, **options)
-    reverse = viterbi_links(corpus.swapped(), **options)[:, [0, 2, 1]]
-    reverse = reverse[np.lexsort((reverse[:, 2], reverse[:, 1], reverse[:, 0]))]
+    reverse = viterbi_links(corpus.swapped(), **options)
+    reverse[:, [1, 2]] = reverse[:, [2, 1]]  # (sentence, target, source) -> (sentence, source, target), in place
     return symmetrize(forward, reverse, len(corpus))
