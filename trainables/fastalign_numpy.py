@@ -218,10 +218,19 @@ def _block(corpus: Corpus, start: int, stop: int, src_len: np.ndarray, tgt_len: 
     return Block(word_sentence, group_starts, row_target, i, j, m, n, keys)
 
 
-def _distinct_sorted(keys: np.ndarray) -> np.ndarray:
-    # sort, then drop repeats: numpy 2's np.unique hashes integers first, ~10x slower here
-    keys = np.sort(keys)
-    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
+def _distinct_sorted(parts: list[np.ndarray]) -> np.ndarray:
+    """The sorted distinct values of the arrays in `parts` (emptied: each is released as soon as it
+    is copied). Sorted in place, then repeats dropped: numpy 2's np.unique hashes integers first,
+    about 10x slower here, and would hold another copy."""
+    keys = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    parts.clear()
+    keys.sort()
+    if len(keys) < 2:
+        return keys
+    keep = np.empty(len(keys), bool)
+    keep[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+    return keys[keep]
 
 
 def _table_keys(corpus: Corpus) -> np.ndarray:
@@ -230,14 +239,17 @@ def _table_keys(corpus: Corpus) -> np.ndarray:
     pending: list[np.ndarray] = []
     pending_size = 0
     for block in _blocks(corpus):
-        distinct = _distinct_sorted(block.keys)
+        distinct = _distinct_sorted([block.keys])
         pending.append(distinct)
         pending_size += len(distinct)
         if pending_size > max(len(table), PAIRS_PER_BLOCK):  # merge when the pending part is as large
-            table = _distinct_sorted(np.concatenate([table, *pending]))
-            pending, pending_size = [], 0
+            pending.insert(0, table)
+            del table
+            table, pending_size = _distinct_sorted(pending), 0
     if pending:
-        table = _distinct_sorted(np.concatenate([table, *pending]))
+        pending.insert(0, table)
+        del table
+        table = _distinct_sorted(pending)
     return table
 
 
