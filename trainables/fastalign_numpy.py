@@ -88,13 +88,18 @@ def read_corpus(path: Path, separator: str = "|||") -> Corpus:
                 ids[side].append(mapping[encoded.indices.to_numpy(zero_copy_only=False)] if len(mapping)
                                  else np.empty(0, np.int32))
 
-    def flat(side: int) -> tuple[np.ndarray, np.ndarray]:
-        counts = np.concatenate(lengths[side]) if lengths[side] else np.empty(0, np.int64)
-        return (np.concatenate(ids[side]) if ids[side] else np.empty(0, np.int32),
-                np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    (src, src_offsets), (tgt, tgt_offsets) = (_flatten(ids[side], lengths[side]) for side in (0, 1))
+    vocabulary_sizes = (len(vocabularies[0]), len(vocabularies[1]))
+    del ids, lengths, vocabularies
+    pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed blocks otherwise
+    return Corpus(src, src_offsets, tgt, tgt_offsets, vocabulary_sizes[0], vocabulary_sizes[1])
 
-    (src, src_offsets), (tgt, tgt_offsets) = flat(0), flat(1)
-    return Corpus(src, src_offsets, tgt, tgt_offsets, len(vocabularies[0]), len(vocabularies[1]))
+
+def _flatten(ids: list[np.ndarray], lengths: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """One side's word ids, concatenated, and its sentence offsets (n + 1)."""
+    counts = np.concatenate(lengths) if lengths else np.empty(0, np.int64)
+    return (np.concatenate(ids) if ids else np.empty(0, np.int32),
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
 
 
 # --- the diagonal prior (da.h), vectorised ---------------------------------------------------------
@@ -466,7 +471,10 @@ def fastalign_gdfa(corpus: Corpus, iterations: int = 5, favor_diagonal: bool = T
     grow-diag-final-and`: (n, 3) int32 links (sentence, source, target), sorted."""
     options = dict(iterations=iterations, favor_diagonal=favor_diagonal, optimize_tension=optimize_tension,
                    variational_bayes=variational_bayes, workdir=workdir)
-    forward = viterbi_links(corpus, **options)
-    reverse = viterbi_links(corpus.swapped(), **options)
-    reverse[:, [1, 2]] = reverse[:, [2, 1]]  # (sentence, target, source) -> (sentence, source, target), in place
-    return symmetrize(forward, reverse, len(corpus))
+    with tempfile.TemporaryDirectory(prefix="fastalign-numpy-links-", dir=workdir) as tmp:
+        # the forward links wait on disk while the reverse direction builds its table
+        forward_path = Path(tmp) / "forward.npy"
+        np.save(forward_path, viterbi_links(corpus, **options))
+        reverse = viterbi_links(corpus.swapped(), **options)
+        reverse[:, [1, 2]] = reverse[:, [2, 1]]  # (sentence, target, source) -> (sentence, source, target), in place
+        return symmetrize(np.load(forward_path), reverse, len(corpus))
