@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from trainables.settings import FASTALIGN_BACKENDS
+
 from benchmarks.common import DEFAULT_DATA_DIR, PROJECT_ROOT, Context, Row, Section, machine_info, write_json_atomic
 
 NAME = "corpus_memory"
@@ -38,8 +40,7 @@ SOURCE_CORPUS = "ntrex"
 LANG = "es"  # MUSE and FastAlign both cover it; whitespace-separated like English (no jieba)
 SYNTHETIC_CORPUS = "synthetic"
 DEFAULT_OUT = PROJECT_ROOT / "results" / "corpus_memory.json"
-FASTALIGN_BACKENDS = ("numpy", "auto", "systran-align", "fast_align")  # trainables.pairs.FASTALIGN_BACKENDS
-DEFAULT_BACKEND = "numpy"  # the setting's default
+DEFAULT_BACKEND = FASTALIGN_BACKENDS[0]  # the setting's default
 
 # Run in the child: extraction, then its own peak RSS and its children's.
 _CHILD = r"""

@@ -42,7 +42,8 @@ NO_REALIGNMENT = "none"
 # 2 (2026-12-06): the reference's projection head, realignment stream (buffer shuffle, restarted
 # each epoch of joint training) and length rules (128 before fine-tuning, lone pieces' room).
 # 3 (2026-12-06): FastAlign pairs from fast_align's programs' links (trainables.fastalign_numpy)
-# rather than systran-align's.
+# rather than systran-align's; AdamW on the embeddings' touched rows (the same update, other
+# rounding: trainables.optimizer).
 PROTOCOL_VERSION = 3
 # Settings that change where a trial's work is stored or how fast it runs, never its numbers.
 SETTINGS_OUTSIDE_IDENTITY: tuple[str, ...] = ("cache_dir",)

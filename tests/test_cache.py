@@ -75,6 +75,8 @@ def test_file_digests_are_remembered_across_processes_until_the_file_changes(tmp
     monkeypatch.setattr(cache_module, "_digests", {})  # a new process: nothing in memory
     assert file_fingerprint([a]) == first and reads == []  # from the node's memo, not the bytes
     a.write_bytes(b"y" * 1000)  # same path and size, new content: a new ctime
+    stat = a.stat()  # a clock that ticks in milliseconds may give the rewrite the same times: move them on
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     monkeypatch.setattr(cache_module, "_digests", {})
     assert file_fingerprint([a]) != first and reads == [a]
     # An entry is the stat it was made for: one that does not match it is not believed.

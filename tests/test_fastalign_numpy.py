@@ -19,7 +19,8 @@ import pytest
 
 from trainables import pairs as pairs_module
 from trainables.data import load_parallel
-from trainables.fastalign_numpy import _grow_diag_final_and, fastalign_gdfa, read_corpus, viterbi_links
+import trainables.fastalign_numpy as fastalign_numpy
+from trainables.fastalign_numpy import Corpus, _grow_diag_final_and, fastalign_gdfa, read_corpus, viterbi_links
 from trainables.segmentation import segment_corpus
 
 GOLDEN = Path(__file__).parent / "fixtures" / "fast_align"
@@ -73,6 +74,33 @@ def test_each_direction_and_the_symmetrised_links_are_fast_aligns_own(ntrex_corp
         assert links(forward) == pharaoh(GOLDEN / "ntrex-en-es.forward.gz")
         assert links(symmetrised) == pharaoh(GOLDEN / "ntrex-en-es.gdfa.gz")
     assert (np.diff(symmetrised[:, 0]) >= 0).all()
+
+
+def test_small_blocks_chunks_and_reads_give_the_same_links(ntrex_corpus, monkeypatch, tmp_path):
+    # at 1M lines the corpus is read, blocked, merged and normalised in many parts: the same parts
+    # made small on 500 lines must not change a link
+    lang, corpus = ntrex_corpus
+    expected = fastalign_gdfa(corpus)
+    monkeypatch.setattr(fastalign_numpy, "PAIRS_PER_BLOCK", 5_000)
+    monkeypatch.setattr(fastalign_numpy, "NORMALIZE_CHUNK", 1_000)
+    monkeypatch.setattr(fastalign_numpy, "READ_LINES", 37)
+    assert len(list(fastalign_numpy._blocks(corpus))) > 50
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"{' '.join(map(str, corpus.src[a:b]))} ||| {' '.join(map(str, corpus.tgt[c:d]))}\n"
+                            for a, b, c, d in zip(corpus.src_offsets[:-1], corpus.src_offsets[1:],
+                                                  corpus.tgt_offsets[:-1], corpus.tgt_offsets[1:])))
+    reread = read_corpus(path)  # the words as numbers: other ids, the same co-occurrences
+    np.testing.assert_array_equal(fastalign_gdfa(reread), expected)
+
+
+def test_an_empty_side_is_refused_and_an_empty_corpus_has_no_links():
+    offsets = np.array([0, 2, 2], np.int64)
+    with_empty = Corpus(np.array([0, 1], np.int32), offsets, np.array([0, 1, 2], np.int32),
+                        np.array([0, 1, 3], np.int64), 2, 3)
+    with pytest.raises(ValueError, match="sentence pair 1 has an empty side"):
+        viterbi_links(with_empty)
+    empty = Corpus(np.empty(0, np.int32), np.zeros(1, np.int64), np.empty(0, np.int32), np.zeros(1, np.int64), 0, 0)
+    assert fastalign_gdfa(empty).shape == (0, 3)
 
 
 def test_grow_diag_final_and_by_hand():

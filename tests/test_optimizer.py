@@ -139,3 +139,32 @@ def test_global_step_hooks_run_once_a_step_even_once_plain_adamw_was_used(start)
     finally:
         handle.remove()
     assert len(calls) == 3
+
+
+def test_a_dense_adamw_checkpoint_resumes_under_the_touched_rows_update(start):
+    # trials checkpointed before the touched-rows update resume with it: same weights afterwards
+    data = batches(12)
+    dense = copy.deepcopy(start)
+    optimizer = make(torch.optim.AdamW, dense)
+    train(dense, optimizer, data[:6], lazy=False)
+    saved = copy.deepcopy((dense.state_dict(), optimizer.state_dict()))
+    train(dense, optimizer, data[6:], lazy=False)
+    resumed = copy.deepcopy(start)
+    resumed.load_state_dict(saved[0])
+    lazy = make(LazyRowsAdamW, resumed)
+    lazy.load_state_dict(saved[1])
+    train(resumed, lazy, data[6:], lazy=True)
+    for (name, a), b in zip(dense.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=2e-6, msg=name)
+
+
+def test_the_fine_tuning_optimizer_is_the_touched_rows_one_only_where_that_is_exact():
+    from dataclasses import replace
+
+    from trainables.finetuning import make_optimizer
+    from trainables.settings import Settings
+
+    parameters = [nn.Parameter(torch.zeros(3, 2))]
+    assert type(make_optimizer(parameters, Settings())) is LazyRowsAdamW
+    for changed in (dict(weight_decay=0.01), dict(max_grad_norm=1.0), dict(sparse_embedding_updates=False)):
+        assert type(make_optimizer(parameters, replace(Settings(), **changed))) is torch.optim.AdamW, changed

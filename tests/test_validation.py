@@ -300,6 +300,17 @@ def test_preflight_requires_only_the_muse_files_the_setting_reads(tiny_world, tm
     assert bad.startswith("setting muse_reverse_file='es-en' must be one of")
 
 
+def test_preflight_needs_no_fast_align_for_the_default_backend(tiny_world, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "systran_align" else real_find_spec(name, *args))
+    monkeypatch.setenv("PATH", "/nonexistent")  # neither systran-align nor the programs
+    assert preflight_problems(_experiment(*tiny_world, pairs="fastalign")) == []
+    assert fastalign_missing_here(["numpy"]) is None and "found neither" in fastalign_missing_here(["auto"])
+
+
 def test_preflight_says_fast_align_is_checked_on_the_driver_only(tiny_world, monkeypatch):
     from trainables import pairs
 
@@ -329,7 +340,16 @@ def test_fast_align_is_asked_of_every_node_of_a_running_ray():
         from sweep.runner import check_fastalign_nodes
 
         check_fastalign_nodes([{"pairs": "dico"}], nodes=[])  # no FastAlign trial: nothing is asked
-        check_fastalign_nodes([{"pairs": "fastalign", "settings": {}}], nodes=[])  # numpy, the default: nothing
+        import sweep.preflight
+
+        def asked(*args, **kwargs):
+            raise AssertionError("the nodes were asked about fast_align for trials that use the numpy backend")
+
+        real_probe, sweep.preflight.fastalign_node_problems = sweep.preflight.fastalign_node_problems, asked
+        try:  # numpy, the default, needs nothing of any node
+            check_fastalign_nodes([{"pairs": "fastalign", "settings": {}}], nodes, timeout=60)
+        finally:
+            sweep.preflight.fastalign_node_problems = real_probe
         auto = {"pairs": "fastalign", "settings": {"fastalign_backend": "auto"}}
         if expected is None:
             check_fastalign_nodes([auto], nodes, timeout=60)

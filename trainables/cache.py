@@ -439,13 +439,17 @@ def _stat_memo(path: Path, stat: os.stat_result) -> tuple[str, ...]:
             str(stat.st_mtime_ns), str(stat.st_ctime_ns))
 
 
-def _remembered_digest(memo: tuple[str, ...]) -> str | None:
+def _memo_entry(memo: tuple[str, ...]) -> Path | None:
     folder = digest_memo_dir()
-    if folder is None:
+    return None if folder is None else folder / hashlib.sha256("\0".join(memo).encode("utf-8")).hexdigest()[:32]
+
+
+def _remembered_digest(memo: tuple[str, ...]) -> str | None:
+    entry = _memo_entry(memo)
+    if entry is None:
         return None
-    name = hashlib.sha256("\0".join(memo).encode("utf-8")).hexdigest()[:32]
     try:
-        text = (folder / name).read_text(encoding="ascii").split("\n")
+        text = entry.read_text(encoding="ascii").split("\n")
     except (OSError, UnicodeDecodeError):
         return None
     # The entry names its stat in full, so a (vanishingly unlikely) clash of names is a miss.
@@ -455,17 +459,14 @@ def _remembered_digest(memo: tuple[str, ...]) -> str | None:
 
 
 def _remember_digest(memo: tuple[str, ...], digest: str) -> None:
-    folder = digest_memo_dir()
-    if folder is None:
+    entry = _memo_entry(memo)
+    if entry is None:
         return
-    name = hashlib.sha256("\0".join(memo).encode("utf-8")).hexdigest()[:32]
-    temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"
     try:  # the memo only saves time: a read-only or full disk just means hashing again
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary.write_text("\0".join(memo) + "\n" + digest + "\n", encoding="ascii")
-        os.replace(temporary, folder / name)
+        atomic_save("\0".join(memo) + "\n" + digest + "\n", entry,
+                    lambda text, tmp: tmp.write_text(text, encoding="ascii"))
     except OSError:
-        temporary.unlink(missing_ok=True)
+        pass
 
 
 def _file_digest(path: Path) -> str:

@@ -68,11 +68,12 @@ class Corpus:
 
 def read_corpus(path: Path, separator: str = "|||") -> Corpus:
     """fast_align's input (`src words ||| tgt words` a line) as word ids, read in blocks of lines.
-    Words are split on ASCII whitespace, as fast_align's reader does."""
+    Words are split on ASCII whitespace (fast_align splits on spaces and tabs only: the same for the
+    files trainables.pairs writes, whose words hold no whitespace). Lines end at "\\n" only."""
     vocabularies: tuple[dict[str, int], dict[str, int]] = ({}, {})
     ids: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     lengths: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", newline="\n") as handle:
         while True:
             lines = [line.rstrip("\n") for _, line in zip(range(READ_LINES), handle)]
             if not lines:
@@ -174,7 +175,8 @@ def _digamma(x: np.ndarray) -> np.ndarray:
     xx = 1.0 / x
     xx2 = xx * xx
     xx4 = xx2 * xx2
-    return result + np.log(x) + (1 / 24) * xx2 - (7 / 960) * xx4 + (31 / 8064) * xx4 * xx2 - (127 / 30720) * xx4 * xx4
+    # grouped as ttables.h: result += log(x) + ... (the series summed first, then added)
+    return result + (np.log(x) + (1 / 24) * xx2 - (7 / 960) * xx4 + (31 / 8064) * xx4 * xx2 - (127 / 30720) * xx4 * xx4)
 
 
 # --- one direction ---------------------------------------------------------------------------------
@@ -194,8 +196,9 @@ class Block:
     keys: np.ndarray  # e * (tgt_vocab) + f of each row (e = src_vocab for NULL)
 
 
-def _blocks(corpus: Corpus) -> Iterator[Block]:
-    """Consecutive sentences, about PAIRS_PER_BLOCK co-occurrences a block (the same blocks every pass)."""
+def _blocks(corpus: Corpus, with_keys: bool = True) -> Iterator[Block]:
+    """Consecutive sentences, about PAIRS_PER_BLOCK co-occurrences a block (the same blocks every
+    pass); `with_keys` False leaves out the table keys (the EM passes read their positions)."""
     src_len = np.diff(corpus.src_offsets)
     tgt_len = np.diff(corpus.tgt_offsets)
     rows = np.cumsum(tgt_len * (src_len + 1))
@@ -203,10 +206,11 @@ def _blocks(corpus: Corpus) -> Iterator[Block]:
     cuts = np.searchsorted(rows, np.arange(PAIRS_PER_BLOCK, total, PAIRS_PER_BLOCK), "left") + 1
     boundaries = np.unique(np.concatenate([[0], cuts, [len(corpus)]]).astype(np.int64))
     for start, stop in zip(boundaries[:-1], boundaries[1:]):
-        yield _block(corpus, int(start), int(stop), src_len, tgt_len)
+        yield _block(corpus, int(start), int(stop), src_len, tgt_len, with_keys)
 
 
-def _block(corpus: Corpus, start: int, stop: int, src_len: np.ndarray, tgt_len: np.ndarray) -> Block:
+def _block(corpus: Corpus, start: int, stop: int, src_len: np.ndarray, tgt_len: np.ndarray,
+           with_keys: bool = True) -> Block:
     sentences = np.arange(start, stop)
     word_sentence = np.repeat(sentences, tgt_len[start:stop])  # per target word
     tgt_first = corpus.tgt_offsets[start]
@@ -217,9 +221,11 @@ def _block(corpus: Corpus, start: int, stop: int, src_len: np.ndarray, tgt_len: 
     group_starts = np.concatenate([[0], np.cumsum(group_size)[:-1]]).astype(np.int64)
     row_target = np.repeat(np.arange(len(f)), group_size)
     i = np.arange(int(group_size.sum())) - group_starts[row_target]
-    src_position = corpus.src_offsets[word_sentence[row_target]] + np.maximum(i - 1, 0)
-    e = np.where(i == 0, corpus.src_vocab, corpus.src[np.minimum(src_position, len(corpus.src) - 1)] if len(corpus.src) else 0)
-    keys = e.astype(np.int64) * np.int64(corpus.tgt_vocab) + f[row_target]
+    keys = np.empty(0, np.int64)
+    if with_keys:
+        src_position = corpus.src_offsets[word_sentence[row_target]] + np.maximum(i - 1, 0)
+        e = np.where(i == 0, corpus.src_vocab, corpus.src[np.minimum(src_position, len(corpus.src) - 1)])
+        keys = e.astype(np.int64) * np.int64(corpus.tgt_vocab) + f[row_target]
     return Block(word_sentence, group_starts, row_target, i, j, m, n, keys)
 
 
@@ -313,18 +319,23 @@ def _prior(block: Block, table: PriorTable | None) -> np.ndarray:
 
 def viterbi_links(corpus: Corpus, iterations: int = 5, favor_diagonal: bool = True, optimize_tension: bool = True,
                   variational_bayes: bool = True, workdir: Path | None = None) -> np.ndarray:
-    """fast_align's output: the Viterbi links of its last iteration, (n, 3) int64 rows (sentence,
+    """fast_align's output: the Viterbi links of its last iteration, (n, 3) int32 rows (sentence,
     source position, target position) in sentence order. Options as fast_align's -I, -d, -o, -v.
 
     Memory: the table (24 bytes an entry) and one block's work arrays; every co-occurrence's table
     position (4 bytes) is kept in a temporary file under `workdir` (default: the system's)."""
     if iterations < 1:
         raise ValueError(f"fast_align iterations must be >= 1, got {iterations}")
+    src_len, tgt_len = np.diff(corpus.src_offsets), np.diff(corpus.tgt_offsets)
+    if ((src_len == 0) | (tgt_len == 0)).any():  # fast_align cannot align them either (its "Error in line")
+        raise ValueError(f"fast_align: sentence pair {int(np.flatnonzero((src_len == 0) | (tgt_len == 0))[0])}"
+                         " has an empty side")
+    if not len(corpus):
+        return np.empty((0, 3), np.int32)
     table = _table_keys(corpus)
     probabilities: np.ndarray | None = None  # None: fast_align's 1e-9 before the first normalisation
     counts = np.zeros(len(table), np.float64)
     tension = INITIAL_TENSION
-    src_len, tgt_len = np.diff(corpus.src_offsets), np.diff(corpus.tgt_offsets)
     n_target_words = float(tgt_len.sum())
     sizes, size_counts = np.unique(np.stack([tgt_len, src_len], axis=1), axis=0, return_counts=True)
     size_row = np.repeat(np.arange(len(sizes)), sizes[:, 0])
@@ -345,7 +356,7 @@ def viterbi_links(corpus: Corpus, iterations: int = 5, favor_diagonal: bool = Tr
             if prior is not None:
                 prior.fill(tension)
             with open(positions_path, "rb") as handle:
-                for block, rows in zip(_blocks(corpus), block_rows):
+                for block, rows in zip(_blocks(corpus, with_keys=False), block_rows):
                     position = np.fromfile(handle, position_type, rows)
                     translation = probabilities[position] if probabilities is not None else UNINITIALISED_PROB
                     probs = translation * _prior(block, prior)

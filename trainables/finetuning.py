@@ -143,7 +143,7 @@ def make_optimizer(parameters: Sequence[nn.Parameter], settings: Settings) -> to
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
     fusable = bool(trainable) and all(p.device.type in FUSED_ADAMW_DEVICES for p in trainable)
-    kind = LazyRowsAdamW if settings.sparse_embedding_updates else torch.optim.AdamW
+    kind = LazyRowsAdamW if _sparse_embedding_updates(settings) else torch.optim.AdamW
     return kind(groups, lr=settings.learning_rate, fused=fusable or None)
 
 
@@ -166,8 +166,9 @@ def _clip_gradients(parameters: Sequence[nn.Parameter], settings: Settings) -> N
 
 
 def _sparse_embedding_updates(settings: Settings) -> bool:
-    # Clipping needs the gradient's norm, which torch does not compute for sparse gradients.
-    return settings.sparse_embedding_updates and not settings.max_grad_norm
+    # Clipping needs the gradient's norm, which torch does not compute for sparse gradients; with
+    # weight decay every row moves at every step, so the touched-rows update would not be AdamW's.
+    return settings.sparse_embedding_updates and not settings.max_grad_norm and not settings.weight_decay
 
 
 def _check_finite(loss: torch.Tensor, where: str, parts: Mapping[str, torch.Tensor | None]) -> None:

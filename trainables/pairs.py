@@ -75,6 +75,7 @@ from trainables.errors import TrialInputError
 from trainables.models import model_family
 from trainables.segmentation import segment_corpus, segmentation_id
 from trainables.registry import did_you_mean, lookup
+from trainables.settings import FASTALIGN_BACKENDS
 
 if TYPE_CHECKING:  # torch and transformers are imported where used: the sweep driver stays light
     import torch
@@ -108,10 +109,8 @@ FASTALIGN_SEPARATOR_STANDIN = "<bars>"
 # "systran-align": that package (wheels for CPython <= 3.11 on Linux x86_64 only), whose aligner
 # links differently from the programs; "fast_align": clab/fast_align's programs on PATH; "auto":
 # systran-align where installed, else the programs.
-FASTALIGN_NUMPY = "numpy"
-FASTALIGN_LIBRARY = "systran-align"
+FASTALIGN_NUMPY, _, FASTALIGN_LIBRARY, _ = FASTALIGN_BACKENDS
 FASTALIGN_PROGRAMS = ("fast_align", "atools")
-FASTALIGN_BACKENDS = (FASTALIGN_NUMPY, "auto", FASTALIGN_LIBRARY, FASTALIGN_PROGRAMS[0])
 PHARAOH_LINE = re.compile(r"(?:\d+-\d+(?:\s+\d+-\d+)*)?", re.ASCII)  # "0-0 1-2 ...", maybe empty
 
 
@@ -154,7 +153,7 @@ class PairContext:
             awesome_threshold=settings.awesome_threshold,
             dico_lowercase=settings.dico_lowercase,
             muse_reverse_file=settings.muse_reverse_file,
-            fastalign_backend=getattr(settings, "fastalign_backend", FASTALIGN_NUMPY),
+            fastalign_backend=settings.fastalign_backend,
             parallel_sample=getattr(settings, "parallel_sample", PARALLEL_SAMPLE),
             device=device,
         )
@@ -442,7 +441,7 @@ def fastalign_backend(choice: str = "auto") -> str:
     ways = " or ".join(wanted.values()) if choice == "auto" else wanted[choice]
     raise TrialInputError(
         f"pair source 'fastalign' needs fast_align (fastalign_backend={choice!r}): {ways}; found"
-        f" {'neither' if choice == 'auto' else 'it not'}; fastalign_backend='numpy' (the default) needs neither")
+        f" {'neither' if choice == 'auto' else 'none'}; fastalign_backend='numpy' (the default) needs neither")
 
 
 def fastalign_links(
@@ -464,7 +463,8 @@ def fastalign_links(
     - "numpy" (the default): `trainables.fastalign_numpy`, the programs' EM, Viterbi links and
       grow-diag-final-and re-implemented in bounded memory. On NTREX (5 languages, 1,997 lines)
       its links are identical to those of clab/fast_align's programs built from source, forward,
-      reverse and symmetrised (tests/test_fastalign_numpy.py); systran-align's share 83% of them.
+      reverse and symmetrised; only exact ties that the last bit of fast_align's tension decides
+      can differ (tests/test_fastalign_numpy.py); systran-align's share 83% of them.
 
     Sentence pairs with an empty side are left out (fast_align cannot align them). fast_align's EM
     adds floats from several OpenMP threads in a varying order, so two runs on the same corpus can
@@ -518,7 +518,7 @@ def _fastalign_link_chunks(
         del usable_parts, src_lengths, tgt_lengths
         if len(usable):
             if backend == FASTALIGN_NUMPY:
-                _fastalign_with_numpy(corpus, options, links_path)
+                _fastalign_with_numpy(corpus, len(usable), options, links_path)
             elif backend != FASTALIGN_LIBRARY:
                 _fastalign_with_programs(corpus, len(usable), options, single_thread, links_path)
             else:
@@ -546,13 +546,15 @@ def _fastalign_link_chunks(
         del links
 
 
-def _fastalign_with_numpy(corpus: Path, options: dict[str, Any], links_path: Path) -> None:
+def _fastalign_with_numpy(corpus: Path, n_lines: int, options: dict[str, Any], links_path: Path) -> None:
     """trainables.fastalign_numpy on the corpus file: the (row, src, tgt) int32 links to `links_path`."""
     from trainables.fastalign_numpy import fastalign_gdfa, read_corpus
 
     words = read_corpus(corpus, FASTALIGN_SEPARATOR)
+    if len(words) != n_lines:
+        raise RuntimeError(f"fast_align (numpy): read {len(words)} sentence pairs of the {n_lines} written")
     links = fastalign_gdfa(words, **options, workdir=corpus.parent)
-    links.astype(np.int32).tofile(links_path)
+    links.astype(np.int32, copy=False).tofile(links_path)
 
 
 def _fastalign_with_programs(corpus: Path, n_lines: int, options: dict[str, Any], env: dict[str, str],

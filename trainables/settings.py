@@ -171,6 +171,9 @@ POSITIVE = whole(1)
 SEED = whole(0)
 PATH = _optional(text("a path"))
 
+# How the `fastalign` pair source runs fast_align (trainables.pairs.fastalign_backend), the default first.
+FASTALIGN_BACKENDS: tuple[str, ...] = ("numpy", "auto", "systran-align", "fast_align")
+
 SETTING_RULES: dict[str, Rule] = {
     "data_dir": PATH,
     "cache_dir": PATH,
@@ -224,7 +227,7 @@ SETTING_RULES: dict[str, Rule] = {
     "awesome_model": text("a model folder or hub id"),
     "awesome_layer": whole(0),
     "awesome_threshold": number(0, 1, high_open=True),
-    "fastalign_backend": one_of("numpy", "auto", "systran-align", "fast_align"),
+    "fastalign_backend": one_of(*FASTALIGN_BACKENDS),
     "device": Rule("one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'", _device),
     "precision": one_of("tf32", "fp32", "bf16"),
     "num_threads": _optional(POSITIVE),
@@ -355,7 +358,7 @@ class Settings:
     # How fast_align runs (trainables.pairs.fastalign_backend): "numpy", our re-implementation, the
     # same links as clab/fast_align's programs (the reference's) in bounded memory; "systran-align"
     # (links differently); "fast_align" (the programs on PATH); "auto" (systran-align, else the programs).
-    fastalign_backend: str = "numpy"
+    fastalign_backend: str = FASTALIGN_BACKENDS[0]
 
     # --- runtime ------------------------------------------------------------------------------
     device: str = "auto"  # "auto": cuda if available
