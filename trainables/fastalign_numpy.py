@@ -274,20 +274,29 @@ def _positions(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
 @dataclass
 class PriorTable:
     """p(a_j = i | m, n) for every sentence-length pair (m target, n source words) of the corpus,
-    i = 1..n, j = 0..m-1, flattened (fast_align's diagonal prior, NULL's p0 apart)."""
+    i = 1..n, j = 0..m-1, flattened (fast_align's diagonal prior, NULL's p0 apart); and the model's
+    expected diagonal feature over the same pairs, which the tension update needs (size_counts)."""
 
     sizes: np.ndarray  # (k, 2): m, n
     sentence_size: np.ndarray  # per sentence, its row of `sizes`
+    sentences_of_size: np.ndarray  # per row of `sizes`, how many sentences have it
     starts: np.ndarray  # where each size's m x n block begins
+    target_size: np.ndarray  # per (size, target position): its row of `sizes`
+    target_j: np.ndarray  # per (size, target position): the 0-based position
     values: np.ndarray
 
     @classmethod
     def build(cls, corpus: Corpus) -> "PriorTable":
         src_len, tgt_len = np.diff(corpus.src_offsets), np.diff(corpus.tgt_offsets)
-        sizes, sentence_size = np.unique(np.stack([tgt_len, src_len], axis=1), axis=0, return_inverse=True)
-        cells = sizes[:, 0] * sizes[:, 1]
+        sizes, sentence_size, sentences_of_size = np.unique(
+            np.stack([tgt_len, src_len], axis=1), axis=0, return_inverse=True, return_counts=True)
+        m = sizes[:, 0]
+        cells = m * sizes[:, 1]
         starts = np.concatenate([[0], np.cumsum(cells)[:-1]]).astype(np.int64)
-        return cls(sizes, sentence_size.ravel(), starts, np.empty(int(cells.sum()), np.float64))
+        target_size = np.repeat(np.arange(len(sizes)), m)
+        target_j = np.arange(len(target_size)) - np.repeat(np.cumsum(m) - m, m)
+        return cls(sizes, sentence_size.ravel(), sentences_of_size, starts, target_size, target_j,
+                   np.empty(int(cells.sum()), np.float64))
 
     def fill(self, tension: float) -> None:
         m_of_size, n_of_size = self.sizes[:, 0], self.sizes[:, 1]
@@ -297,11 +306,16 @@ class PriorTable:
         m, n = m_of_size[size], n_of_size[size]
         j, i = local // n, local % n + 1
         # az of each (size, target position): ComputeZ(j + 1, m, n) / (1 - p0)
-        az_size = np.repeat(np.arange(len(self.sizes)), m_of_size)
-        az_j = np.arange(len(az_size)) - np.repeat(np.cumsum(m_of_size) - m_of_size, m_of_size)
-        az = _compute_z(az_j + 1, m_of_size[az_size], n_of_size[az_size], tension) / (1.0 - P0)
+        az = _compute_z(self.target_j + 1, m_of_size[self.target_size], n_of_size[self.target_size],
+                        tension) / (1.0 - P0)
         az_start = np.cumsum(m_of_size) - m_of_size
         self.values[:] = _unnormalized(j + 1, i, m, n, tension) / az[az_start[size] + j]
+
+    def model_feature(self, tension: float, n_target_words: float) -> float:
+        """fast_align's `mod_feat`: ComputeDLogZ summed over every target position of every sentence."""
+        size = self.target_size
+        return float(np.sum(self.sentences_of_size[size] * _compute_dlogz(
+            self.target_j + 1, self.sizes[size, 0], self.sizes[size, 1], tension))) / n_target_words
 
     def rows(self, block: "Block") -> np.ndarray:
         t = block.row_target
@@ -337,9 +351,6 @@ def viterbi_links(corpus: Corpus, iterations: int = 5, favor_diagonal: bool = Tr
     counts = np.zeros(len(table), np.float64)
     tension = INITIAL_TENSION
     n_target_words = float(tgt_len.sum())
-    sizes, size_counts = np.unique(np.stack([tgt_len, src_len], axis=1), axis=0, return_counts=True)
-    size_row = np.repeat(np.arange(len(sizes)), sizes[:, 0])
-    size_j = np.arange(len(size_row)) - np.repeat(np.cumsum(sizes[:, 0]) - sizes[:, 0], sizes[:, 0]) + 1
     position_type = np.int32 if len(table) < np.iinfo(np.int32).max else np.int64
     links: list[np.ndarray] = []
     with tempfile.TemporaryDirectory(prefix="fastalign-numpy-", dir=workdir) as tmp:
@@ -374,10 +385,9 @@ def viterbi_links(corpus: Corpus, iterations: int = 5, favor_diagonal: bool = Tr
             if final:
                 break
             expected_feature /= n_target_words
-            if favor_diagonal and optimize_tension and iteration > 0:
+            if prior is not None and optimize_tension and iteration > 0:
                 for _ in range(TENSION_STEPS):
-                    model = float(np.sum(size_counts[size_row] * _compute_dlogz(
-                        size_j, sizes[size_row, 0], sizes[size_row, 1], tension))) / n_target_words
+                    model = prior.model_feature(tension, n_target_words)
                     tension = min(max(tension + (expected_feature - model) * TENSION_RATE, TENSION_MIN), TENSION_MAX)
             probabilities = _normalize(table, counts, corpus.tgt_vocab, ALPHA if variational_bayes else None,
                                        out=probabilities)

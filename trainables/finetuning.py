@@ -159,10 +159,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int) ->
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LinearWarmupDecay(warmup, total))
 
 
-def _clip_gradients(parameters: Sequence[nn.Parameter], settings: Settings) -> None:
-    # None or 0: no clipping (the paper and the reference code do not clip).
+def _apply_step(parameters: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, settings: Settings) -> None:
+    """One optimizer step of fine-tuning or of sequential realignment, gradients then cleared."""
+    # max_grad_norm None or 0: no clipping (the paper and the reference code do not clip).
     if settings.max_grad_norm:
         nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _sparse_embedding_updates(settings: Settings) -> bool:
@@ -361,10 +366,7 @@ def fine_tune(
                 parts = {} if realign is None else {"task loss": task_loss, "realignment loss": realign_loss}
                 _check_finite(total_loss, f"fine-tuning, optimizer step {step + 1} of {total} (epoch {epoch + 1} of"
                               f" {settings.epochs})", parts)
-                _clip_gradients(parameters, settings)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                _apply_step(parameters, optimizer, scheduler, settings)
                 step += 1
                 if on_step is not None:
                     on_step({
@@ -447,10 +449,7 @@ def realign_sequentially(
             loss = realigner()
             _check_finite(loss, f"sequential realignment, optimizer step {step + 1} of {steps}", {})
             loss.backward()
-            _clip_gradients(parameters, settings)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            _apply_step(parameters, optimizer, scheduler, settings)
             step += 1
             if on_step is not None:
                 on_step({"phase": REALIGN_PHASE, "step": step, "total": steps, "lr": lr, "loss": loss.detach(),
