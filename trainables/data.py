@@ -97,9 +97,13 @@ HUB_DATASET_REVISIONS: dict[str, str] = {
     XNLI_HUB: "b8dd5d7af51114dbda02c0e3f6133f332186418e",
     # the Parquet conversion (one folder per language, e.g. en/train-00000-of-00001.parquet)
     WIKIANN_HUB: "f0a3be6dc5564c0cc4150bb660144800a1f539d4",
-    OPUS100_HUB: HUB_BRANCH,  # unverified: no commit sha found
-    MULTIUN_HUB: HUB_BRANCH,  # unverified: no commit sha found (no source reads it)
-    UN_PC_HUB: HUB_BRANCH,  # unverified: no commit sha found
+    # unverified: the hub's pages show commits of the Parquet conversion's pull request (one a
+    # language pair, e.g. "Add en-es data files"), but not which one is the head of main
+    OPUS100_HUB: HUB_BRANCH,
+    MULTIUN_HUB: HUB_BRANCH,  # unverified: no full commit sha found (no source reads it)
+    # "Convert dataset to Parquet (#5)", squash-merged into main: the last commit of every
+    # language-pair folder on main (the hub's tree pages), with the configs "ar-en", "en-es", ...
+    UN_PC_HUB: "99a0348ce711ec6b30d5f18d70c0d30c971011c7",
 }
 
 
