@@ -290,10 +290,10 @@ def check_fastalign_nodes(configs: Iterable[Mapping[str, Any]], nodes: list[dict
     fast_align (`sweep.preflight.fastalign_node_problems`, one line a node), before any trial
     is scheduled on it."""
     from trainables.pairs import FASTALIGN_NUMPY
-    from trainables.settings import Settings
+    from trainables.settings import make_settings
 
-    default = Settings().fastalign_backend
-    backends = {(config.get("settings") or {}).get("fastalign_backend", default)
+    # the settings a trial will run with (its model's preset applied), as preflight reads them
+    backends = {make_settings(config.get("settings") or {}, model=config.get("model", "")).fastalign_backend
                 for config in configs if config["pairs"] == "fastalign"} - {FASTALIGN_NUMPY}  # numpy needs nothing
     if not backends:
         return

@@ -373,3 +373,23 @@ def test_sweep_command_stops_before_ray_on_a_bad_file(tiny_world, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {data / 'muse/en-es.txt'}:1: expected 'source<TAB or space>target', got 3 fields "
                    "(50 of 50 lines are malformed)"]
+
+
+def test_the_node_probe_reads_the_settings_a_trial_runs_with(monkeypatch):
+    """check_fastalign_nodes asks about the backend of the trial's settings with its preset
+    applied, as preflight does, not about the raw settings' value."""
+    import dataclasses
+
+    import sweep.preflight
+    import trainables.settings
+    from sweep.runner import check_fastalign_nodes
+
+    asked: list[set[str]] = []
+    monkeypatch.setattr(sweep.preflight, "fastalign_node_problems",
+                        lambda nodes, timeout, backends: asked.append(set(backends)) or [])
+    check_fastalign_nodes([{"pairs": "fastalign", "model": "m", "settings": {}}], nodes=[], timeout=1)
+    assert asked == []  # the default backend (numpy) needs nothing of a node
+    programs = lambda settings, model: dataclasses.replace(settings, fastalign_backend="fast_align")  # noqa: E731
+    monkeypatch.setitem(trainables.settings.PRESETS, "paper", programs)
+    check_fastalign_nodes([{"pairs": "fastalign", "model": "m", "settings": {}}], nodes=[], timeout=1)
+    assert asked == [{"fast_align"}]
