@@ -101,8 +101,8 @@ HUB_DATASET_REVISIONS: dict[str, str] = {
     # language pair, e.g. "Add en-es data files"), but not which one is the head of main
     OPUS100_HUB: HUB_BRANCH,
     MULTIUN_HUB: HUB_BRANCH,  # unverified: no full commit sha found (no source reads it)
-    # "Convert dataset to Parquet (#5)", squash-merged into main: the last commit of every
-    # language-pair folder on main (the hub's tree pages), with the configs "ar-en", "en-es", ...
+    # "Convert dataset to Parquet (#5)", squash-merged into main: the hub's tree pages show it as
+    # the last commit of main's language-pair folders ("en-fr", "ru-zh": Parquet train shards)
     UN_PC_HUB: "99a0348ce711ec6b30d5f18d70c0d30c971011c7",
 }
 
