@@ -179,7 +179,7 @@ def test_download_cache_names_carry_the_revision():
     assert wikiann.name == "es-dev-v1.f0a3be6dc556.jsonl"
     opus = data.parallel_sample_path(data.get_source("opus100"), "es", data.Path("/c"), data.PARALLEL_SAMPLE,
                                      data.PARALLEL_SAMPLE_SEED)
-    assert opus.name == "es-vmain-reservoir1000000-seed0.parquet"  # no verified commit: the branch, named
+    assert opus.name == "es-v805090dc28bf-reservoir1000000-seed0.parquet"
     ntrex = data._remote_cache_path(data.get_source("ntrex"), {"lang": "es"}, data.Path("/c"), None)
     assert ntrex.name == f"es-v{data.NTREX_REVISION[:12]}.parquet"
     muse = data._remote_cache_path(data.get_source("muse"), {"src": "en", "tgt": "es"}, data.Path("/c"), None)
@@ -187,14 +187,17 @@ def test_download_cache_names_carry_the_revision():
 
 
 def test_every_pinned_dataset_revision_is_a_commit_or_the_named_branch():
-    unverified = {data.OPUS100_HUB, data.MULTIUN_HUB}
     for dataset_id, revision in data.HUB_DATASET_REVISIONS.items():
-        assert revision == data.HUB_BRANCH if dataset_id in unverified else SHA.fullmatch(revision), dataset_id
+        assert SHA.fullmatch(revision), dataset_id
+    # every hub dataset a registered source reads is pinned: none follows the moving branch
+    read = {source.hub_dataset for source in data.DATA_SOURCES.values() if source.hub_dataset}
+    assert read and read <= set(data.HUB_DATASET_REVISIONS), read - set(data.HUB_DATASET_REVISIONS)
+    assert data.hub_dataset_revision("someone/plugin-dataset") == data.HUB_BRANCH
     assert SHA.fullmatch(data.NTREX_REVISION)
     # every source read from the hub or GitHub names its pin in its version (cache names and keys)
     versions = {name: data.get_source(name).version for name in ("wikiann", "mnli", "xnli", "opus100", "multiun", "ntrex")}
     assert versions == {"wikiann": "1.f0a3be6dc556", "mnli": "1.da70db2af9d0", "xnli": "1.b8dd5d7af511",
-                        "opus100": "main-reservoir1000000-seed0", "multiun": "99a0348ce711-reservoir1000000-seed0",
+                        "opus100": "805090dc28bf-reservoir1000000-seed0", "multiun": "99a0348ce711-reservoir1000000-seed0",
                         "ntrex": data.NTREX_REVISION[:12]}
     remote = data.get_source("ntrex").remote(lang="zh")
     assert remote == f"https://raw.githubusercontent.com/MicrosoftTranslator/NTREX/{data.NTREX_REVISION}/NTREX-128/newstest2019-ref.zho-CN.txt"

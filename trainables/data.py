@@ -75,9 +75,9 @@ WIKIANN_HUB = "unimelb-nlp/wikiann"
 MNLI_HUB = "nyu-mll/multi_nli"
 XNLI_HUB = "facebook/xnli"
 OPUS100_HUB = "Helsinki-NLP/opus-100"
-MULTIUN_HUB = "Helsinki-NLP/multiun"  # Eisele & Chen 2010's MultiUN: not the paper's corpus
 # The paper's "multiUN" is the UN Parallel Corpus v1.0 (Ziemski et al. 2016, the UNv1.0.* files of
-# the reference's download_resources/multi_un.sh), on the hub as un_pc (configs "ar-en", "en-es"...).
+# the reference's download_resources/multi_un.sh), on the hub as un_pc (configs "ar-en", "en-es"...),
+# not the hub's Helsinki-NLP/multiun (Eisele & Chen 2010's MultiUN, another corpus: nothing reads it).
 UN_PC_HUB = "Helsinki-NLP/un_pc"
 # Both realignment corpora are reservoir-sampled to this many sentence pairs a language
 # (realignment_with_multi_un.sh: reservoir_sampling.py --num_samples 1000000; OPUS-100's train
@@ -89,18 +89,18 @@ PARALLEL_SAMPLE_SEED = 0
 # Hub datasets are read at one pinned commit of their repository, so that a later push to the
 # hub cannot silently change a split. The revision is part of the source's `version`, hence of
 # the downloads' cache names and of every cache key built from the source (featurised task data).
-# "main" (HUB_BRANCH) is pinned explicitly where no commit sha could be verified: such a source
-# follows the hub's default branch, and its cached copies cannot tell two states of it apart.
+# A hub dataset not listed here (a plug-in's) is read at "main" (HUB_BRANCH): it follows the
+# hub's default branch, and its cached copies cannot tell two states of it apart.
 HUB_BRANCH = "main"
 HUB_DATASET_REVISIONS: dict[str, str] = {
     MNLI_HUB: "da70db2af9d09693783c3320c4249840212ee221",
     XNLI_HUB: "b8dd5d7af51114dbda02c0e3f6133f332186418e",
     # the Parquet conversion (one folder per language, e.g. en/train-00000-of-00001.parquet)
     WIKIANN_HUB: "f0a3be6dc5564c0cc4150bb660144800a1f539d4",
-    # unverified: the hub's pages show commits of the Parquet conversion's pull request (one a
-    # language pair, e.g. "Add en-es data files"), but not which one is the head of main
-    OPUS100_HUB: HUB_BRANCH,
-    MULTIUN_HUB: HUB_BRANCH,  # unverified: no full commit sha found (no source reads it)
+    # "Update dataset card (#6)", main's head on the hub's tree page (805090d, 20 commits), after
+    # "Convert dataset to Parquet (#5)": one folder a language pair ("en-es"...). The full sha is
+    # the one `datasets` names its cache folders after when it resolves main (".../en-zh/0.0.0/805090dc...")
+    OPUS100_HUB: "805090dc28bf78897da9641cdf08b61287580df9",
     # "Convert dataset to Parquet (#5)", squash-merged into main: the hub's tree pages show it as
     # the last commit of main's language-pair folders ("en-fr", "ru-zh": Parquet train shards)
     UN_PC_HUB: "99a0348ce711ec6b30d5f18d70c0d30c971011c7",
