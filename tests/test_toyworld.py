@@ -18,7 +18,7 @@ import torch
 import toyworld as toy
 from toyworld import model as toy_model
 from toyworld import world as toy_world
-from trainables import data as formats
+from trainables import formats
 
 TARGETS = ("ar", "es", "fr", "ru", "zh")
 SMALL = dict(n_train=40, n_test=12, n_parallel=30)  # fast variants for byte-level checks
@@ -471,3 +471,21 @@ def test_cache_folder_is_keyed_by_every_parameter_and_the_code(monkeypatch) -> N
     assert toy.toy_cache_folder("~/c/", n_train=2000).startswith("~/c/toyworld-")
     with pytest.raises(ValueError, match="pretrain_stpes"):
         toy.toy_key(pretrain_stpes=3)
+
+
+def test_the_code_fingerprint_covers_every_project_module_the_toy_world_runs():
+    """The toy folder is reused while its key holds: every `trainables` module whose code decides
+    the written bytes must be in `CODE_FILES` (the name registry and the key's own hashing do not)."""
+    import ast
+
+    root = Path(toy.__file__).resolve().parents[1]
+    imported = set()
+    for path in sorted((root / "toyworld").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trainables"):
+                modules = [node.module] if node.module != "trainables" else [f"trainables.{a.name}" for a in node.names]
+                imported.update(modules)
+    fingerprinted = {p.relative_to(root).with_suffix("").as_posix().replace("/", ".")
+                     for pattern in toy.CODE_FILES for p in root.glob(pattern)}
+    assert "trainables.formats" in imported and "trainables.data" not in imported
+    assert imported - {"trainables.registry", "trainables.cache"} <= fingerprinted, imported - fingerprinted

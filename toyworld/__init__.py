@@ -61,7 +61,7 @@ def write_toy(out_dir: Path, seed: int = 0, pretrain_steps: int = DEFAULT_PRETRA
 
 # What the written bytes depend on besides the parameters: this package's code, the project's
 # writers and segmenter it calls, and the libraries that tokenise and train.
-CODE_FILES = ("toyworld/*.py", "trainables/data.py", "trainables/segmentation.py")
+CODE_FILES = ("toyworld/*.py", "trainables/formats.py", "trainables/segmentation.py")
 LIBRARIES = ("torch", "transformers", "tokenizers")
 
 

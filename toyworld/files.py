@@ -27,7 +27,7 @@ from toyworld.world import (
     CONTENT_KINDS, DEFAULT_LANGS, LANGUAGES, NAME_KINDS, NEGATION, NEGATION_END, SOURCE_LANG, LexiconSizes, World,
     _inflections, _rng, make_world,
 )
-from trainables import data as formats
+from trainables import formats
 
 TOY_CORPUS = "toy"  # parallel/{TOY_CORPUS}/en-{x}.{en,x}
 DATA_MANIFEST = "toy-data.json"  # parameters a data folder was made with

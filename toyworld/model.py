@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from toyworld.files import DATA_MANIFEST, TOY_CORPUS, publish
 from toyworld.world import SOURCE_LANG
-from trainables import data as formats
+from trainables import formats
 
 if TYPE_CHECKING:  # torch and transformers load lazily: writing toy data needs neither
     import torch
