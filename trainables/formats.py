@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 # the task that reads them, these being the formats' own tag sets by default.
 from trainables.tasks import MULTIWORD_LABEL, NLI_LABELS, UPOS_TAGS, WIKIANN_TAGS
 
-log = logging.getLogger("trainables.data")  # the data loader's log: where a user looks for it
+log = logging.getLogger(__name__)
 
 NLI_HEADER = ("premise", "hypothesis", "label")
 
