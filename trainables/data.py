@@ -42,10 +42,10 @@ from trainables.cache import (
 # The file formats' readers and writers (re-exported: `data.read_conllu` etc. stay valid).
 from trainables.formats import (  # noqa: F401
     DataSourceError,
-    _read_lines,
     iter_line_aligned,
     read_conllu,
     read_line_aligned,
+    read_lines,
     read_muse,
     read_nli_tsv,
     read_token_tsv,
@@ -421,8 +421,8 @@ def _ntrex_url(lang: str) -> str:
 
 def _fetch_ntrex(limit: int | None, lang: str, sample: int | None = PARALLEL_SAMPLE,
                  seed: int = PARALLEL_SAMPLE_SEED) -> list[tuple[str, str]]:
-    en = _download_and_read(_ntrex_url("en"), _read_lines, ".txt")
-    x = _download_and_read(_ntrex_url(lang), _read_lines, ".txt")
+    en = _download_and_read(_ntrex_url("en"), read_lines, ".txt")
+    x = _download_and_read(_ntrex_url(lang), read_lines, ".txt")
     if len(en) != len(x):
         raise DataSourceError(f"NTREX en has {len(en)} lines but {lang} has {len(x)}")
     return reservoir_sample(list(zip(en, x))[:limit], sample, seed)

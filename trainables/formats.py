@@ -50,7 +50,7 @@ def _read_text(path: Path) -> str:
     return text[1:] if text.startswith("\ufeff") else text  # a byte-order mark is not content
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     """Lines split on "\\n" only (str.splitlines also splits on U+2028 etc. and would misalign)."""
     text = _read_text(path)
     if text.endswith("\n"):
@@ -148,7 +148,7 @@ def _tagged_sentences(
             example["syntactic"] = [p[2] for p in sentence]
         examples.append(example)
 
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             if sentence:
                 close()
@@ -167,7 +167,7 @@ def read_nli_tsv(path: Path, labels: Sequence[str] = NLI_LABELS) -> list[dict[st
     must be among `labels`, the reading task's label set."""
     allowed = frozenset(labels)
     examples = []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -186,7 +186,7 @@ def read_nli_tsv(path: Path, labels: Sequence[str] = NLI_LABELS) -> list[dict[st
 
 def iter_line_aligned(en_path: Path, x_path: Path) -> Iterator[tuple[str, str]]:
     """(English line, other line) pairs of two line-aligned files, read line by line (memory
-    bounded by one line, whatever the files' size). Lines end at "\\n" only (as `_read_lines`);
+    bounded by one line, whatever the files' size). Lines end at "\\n" only (as `read_lines`);
     a line that is not UTF-8, or files of different lengths, are one error naming the file and
     the line."""
     handles = []
@@ -244,7 +244,7 @@ def read_muse(path: Path) -> list[tuple[str, str]]:
     """
     entries: list[tuple[str, str]] = []
     malformed: list[tuple[int, int]] = []  # (line number, number of fields)
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.split("\t") if "\t" in line else line.split()
