@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import itertools
 import json
 import os
 import shutil
@@ -138,13 +137,20 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 class SweepWatch(threading.Thread):
     """Polls a running sweep from beside the driver: each trial's rows, the nodes its worker
-    processes ran on (in order), the cluster's free GPU; `act(watch)` after every poll."""
+    processes ran on (in order), the cluster's free GPU; `act(watch)` after every poll.
+
+    `rows_seen(name)` keeps every row read at any poll: Tune may rewrite a trial's result.json
+    without rows it had. When a trial restores from a checkpoint, its JSON logger copies the
+    storage's result.json over the driver's copy (`LoggerCallback._restore_from_remote`) while
+    the driver's background sync may be rewriting that storage file; seen once on a loaded
+    machine: result.json then held only the second start's rows, progress.csv all of them."""
 
     def __init__(self, run_dir: Path, cluster: RehearsalCluster,
                  act: Callable[["SweepWatch"], None] | None = None) -> None:
         super().__init__(daemon=True)
         self.run_dir, self.cluster, self.act = run_dir, cluster, act
         self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.seen: dict[str, dict[tuple[int, int], dict[str, Any]]] = defaultdict(dict)  # (pid, iteration)
         self.nodes: dict[str, list[str]] = defaultdict(list)
         self.free_gpus: list[float] = []
         self.error: BaseException | None = None
@@ -167,10 +173,17 @@ class SweepWatch(threading.Thread):
                 continue
             name = result.parent.name
             self.rows[name] = rows
+            self.seen[name].update({(row["pid"], row["training_iteration"]): row for row in rows})
             node = self.cluster.node_of(rows[-1]["pid"])
             if node is not None and (not self.nodes[name] or self.nodes[name][-1] != node):
                 self.nodes[name].append(node)
         self.free_gpus.append(float(ray.available_resources().get("GPU", 0.0)))
+
+    def rows_seen(self, name: str) -> list[dict[str, Any]]:
+        """Every row of trial `name` read at any poll or now, in Tune's iteration order."""
+        for row in read_rows(next(self.run_dir.glob(f"run-*/{name}/result.json"))):
+            self.seen[name][row["pid"], row["training_iteration"]] = row
+        return sorted(self.seen[name].values(), key=lambda row: row["training_iteration"])
 
     def __enter__(self) -> "SweepWatch":
         self.start()
@@ -352,8 +365,10 @@ def test_node_lost_mid_sweep_loses_no_trial_and_cache_entries_are_published_once
     assert len(finals) == 3 and all(final["phase"] == "done" for final in finals.values())
     assert [t.status for t in tune_trials(run_dir)] == ["TERMINATED"] * 3
     victim = removal["trial"]
-    rows = read_rows(batch / victim / "result.json")
-    first_start = list(itertools.takewhile(lambda row: row["pid"] == rows[0]["pid"], rows))
+    rows = watch.rows_seen(victim)
+    # the first start's process (the second start, on another node, redoes the iterations after
+    # the checkpoint it restores, so rows of both can share an iteration number)
+    first_start = [row for row in rows if row["pid"] == rows[0]["pid"]]
     checkpointed = {row["epoch"] for row in first_start if row.get("checkpoint_dir_name")}
     last_checkpoint = max(checkpointed)
     assert last_checkpoint >= removal["epoch"] >= 1
