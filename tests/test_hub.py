@@ -186,7 +186,7 @@ def test_download_cache_names_carry_the_revision():
     assert muse.name == "en-es-v1.parquet"  # a URL without revisions: its own version only
 
 
-def test_every_pinned_dataset_revision_is_a_commit_or_the_named_branch():
+def test_every_hub_dataset_a_source_reads_is_pinned_at_a_commit():
     for dataset_id, revision in data.HUB_DATASET_REVISIONS.items():
         assert SHA.fullmatch(revision), dataset_id
     # every hub dataset a registered source reads is pinned: none follows the moving branch
