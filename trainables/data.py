@@ -18,7 +18,7 @@ Sources and the paper (Gaschi et al. 2023, §3.2 and App. B): POS = Universal De
 EWT; Arabic PADT and Spanish/French/Russian/Chinese GSD test sets), NER = WikiANN (XTREME's PAN-X
 split), NLI = MultiNLI (English training) and XNLI (test), realignment corpora = OPUS-100 and
 multiUN, dictionaries = MUSE full dictionaries in both directions (the paper's code fetched en-X
-twice by mistake; here X-en is its own file).
+twice by mistake, and read that copy as X-en: by default so do we, `muse_reverse_file`).
 """
 from __future__ import annotations
 
@@ -39,21 +39,14 @@ from trainables.cache import (
     save_jsonl,
     save_string_pairs,
 )
-# The file formats' readers and writers (re-exported: `data.read_conllu` etc. stay valid).
-from trainables.formats import (  # noqa: F401
+from trainables.formats import (
     DataSourceError,
     iter_line_aligned,
     read_conllu,
-    read_line_aligned,
     read_lines,
     read_muse,
     read_nli_tsv,
     read_token_tsv,
-    write_conllu,
-    write_line_aligned,
-    write_muse,
-    write_nli_tsv,
-    write_token_tsv,
 )
 from trainables.registry import did_you_mean, lookup, unknown_name
 from trainables.tasks import NLI_LABELS, UPOS_TAGS, WIKIANN_TAGS, Task, get_task

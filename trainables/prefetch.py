@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from trainables import data
+from trainables import data, formats
 from trainables.data import DataSource, DataSourceError, Requirement, required_data
 from trainables.model_files import CONFIG_FILE, TOKENIZER_FILES, WEIGHT_FILES, hub_revision, is_local_model
 
@@ -129,7 +129,7 @@ def _one_line_field(value: str) -> str:
 
 
 def _write_nli(path: Path, examples: Iterable[dict[str, str]]) -> None:
-    # Not data.write_nli_tsv, which refuses empty fields: MultiNLI has a few empty hypotheses,
+    # Not formats.write_nli_tsv, which refuses empty fields: MultiNLI has a few empty hypotheses,
     # which the hub loader keeps and read_nli_tsv reads back as they are.
     with open(path, "w", encoding="utf-8", newline="\n") as out:
         for example in examples:
@@ -138,7 +138,7 @@ def _write_nli(path: Path, examples: Iterable[dict[str, str]]) -> None:
 
 
 def _write_parallel(en_path: Path, x_path: Path, pairs: Iterable[tuple[str, str]]) -> None:
-    # Not data.write_line_aligned, which refuses empty lines and tabs: corpora have both, and
+    # Not formats.write_line_aligned, which refuses empty lines and tabs: corpora have both, and
     # read_line_aligned reads them back as they are.
     with open(en_path, "w", encoding="utf-8", newline="\n") as en, open(x_path, "w", encoding="utf-8", newline="\n") as x:
         for en_line, x_line in pairs:
@@ -187,11 +187,11 @@ def _serialise(source: DataSource, paths: Sequence[Path], rows: Any) -> None:
     if source.role == "parallel":
         _write_parallel(paths[0], paths[1], rows)
     elif source.role == "dictionary":
-        data.write_muse(paths[0], rows)
+        formats.write_muse(paths[0], rows)
     elif rows and "premise" in rows[0]:
         _write_nli(paths[0], rows)
     else:
-        data.write_token_tsv(paths[0], rows)
+        formats.write_token_tsv(paths[0], rows)
 
 
 # --- models ---------------------------------------------------------------------------------------
