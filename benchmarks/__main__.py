@@ -69,6 +69,10 @@ def _registry(corpus_lines: int | None = None) -> dict[str, Callable[[Context], 
 
 
 BENCHMARK_NAMES = ("finetune", "alignment", "shared", "sweep", "gpu", "corpus_memory")
+# What each benchmark reads: e5-small ("model") and ../shared/data ("data"). The GPU section reads
+# neither (e5-small only if present), so it runs on a GPU node that holds just the project.
+INPUTS = {"finetune": ("model", "data"), "alignment": ("model", "data"), "shared": ("model", "data"),
+          "sweep": ("model", "data"), "gpu": (), "corpus_memory": ("data",)}
 
 
 def select(names: Sequence[str]) -> list[str]:
@@ -198,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = dataclasses.replace(default_context(args.smoke, work_dir), threads=args.threads)
         if args.smoke:
             context = smoke_model(context)
-        problems = check_inputs(context)
+        problems = check_inputs(context, {need for name in names for need in INPUTS[name]})
         if problems:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 E5_SMALL_ENV = "E5_SMALL_PATH"
@@ -102,13 +102,14 @@ def default_context(smoke: bool, work_dir: Path) -> Context:
     return Context(e5_path=e5.resolve(), data_dir=data.resolve(), work_dir=work_dir, smoke=smoke)
 
 
-def check_inputs(context: Context) -> list[str]:
-    """One line per missing input (model folder, data dir), empty when everything is there."""
+def check_inputs(context: Context, needs: Collection[str] = ("model", "data")) -> list[str]:
+    """One line per missing input of those `needs` names ("model": the model folder, "data": the data
+    dir), empty when everything is there."""
     problems = []
-    if not (context.model / "config.json").is_file():
+    if "model" in needs and not (context.model / "config.json").is_file():
         problems.append(f"model not found: {context.model}/config.json (set ${E5_SMALL_ENV}, or run "
                         f"../shared/tools/provision-e5-small)")
-    if not (context.data_dir / "ud").is_dir():
+    if "data" in needs and not (context.data_dir / "ud").is_dir():
         problems.append(f"data not found: {context.data_dir}/ud (set ${DATA_DIR_ENV})")
     return problems
 

@@ -3,10 +3,14 @@ and from it the GPU-hours of experiments/full_grid.py next to the paper's budget
 
 Runs only where `torch.cuda.is_available()`; elsewhere the section says "skipped: no GPU".
 
-Models: the four paper architectures built from hand-written configs with random weights (no
-hub access is needed, and throughput does not depend on the weights): DistilBERT 6 layers x 768
-(vocab 119,547), mBERT 12 x 768 (vocab 119,547), XLM-R base 12 x 768 (vocab 250,002), XLM-R large
-24 x 1024 (vocab 250,002), each with a 17-label token-classification head.
+Models: e5-small, the one real encoder of this project's machines (its folder at $E5_SMALL_PATH
+when there is one; else its architecture, 12 x 384, vocab 250,037, from a hand-written config),
+then the four paper architectures built from hand-written configs with random weights (no hub
+access is needed, and throughput does not depend on the weights' values): DistilBERT 6 layers x
+768 (vocab 119,547), mBERT 12 x 768 (vocab 119,547), XLM-R base 12 x 768 (vocab 250,002), XLM-R
+large 24 x 1024 (vocab 250,002), each with a 17-label token-classification head. The GPU-hours
+come from the paper architectures' rates; e5-small's are for the record (and a check that a real
+checkpoint runs as fast as its random twin).
 
 Throughput: `trainables.finetuning.fine_tune` with bf16 autocast, batch 32, sequence limit 128,
 on synthetic examples whose lengths follow a seeded log-normal (mean about 30 subwords, the range
@@ -41,8 +45,8 @@ PACKINGS = (1, 2, 4)
 NUM_LABELS = 17  # UPOS
 BATCH_SIZE = 32
 SEQ_LIMIT = 128
-WARM_STEPS = 3
-TIMED_STEPS = 20
+WARM_STEPS = 5
+TIMED_STEPS = 60  # a window of seconds even for DistilBERT, whose step takes milliseconds
 LENGTH_LOG_MEAN, LENGTH_LOG_STD, LENGTH_MIN = 3.2, 0.6, 4  # log-normal lengths: mean ~29 subwords
 BARRIER_TIMEOUT_S = 300
 WORKER_TIMEOUT_S = 600
@@ -74,6 +78,8 @@ PAPER_SHAPES: dict[str, ModelShape] = {
         ModelShape("xlm-roberta-large", "xlm-roberta", 24, 1024, 16, 4096, 250002),
     )
 }
+# multilingual-e5-small (../shared/tools/provision-e5-small writes it): a BERT with XLM-R's vocabulary.
+E5_SMALL_SHAPE = ModelShape("multilingual-e5-small", "bert", 12, 384, 12, 1536, 250037)
 
 
 def build_config(shape: ModelShape) -> Any:
@@ -191,7 +197,11 @@ def worker_main(spec_path: Path, out_path: Path) -> int:
     shape = ModelShape(**spec["shape"])
     device = torch.device(spec["device"])
     torch.manual_seed(spec["index"])
-    model = AutoModelForTokenClassification.from_config(build_config(shape)).to(device)
+    if spec.get("source"):  # a real checkpoint folder
+        model = AutoModelForTokenClassification.from_pretrained(spec["source"], num_labels=NUM_LABELS).to(device)
+    else:
+        with device:  # initialised where it runs: seconds saved per worker for XLM-R large
+            model = AutoModelForTokenClassification.from_config(build_config(shape))
     steps = spec["warm_steps"] + spec["timed_steps"]
     features = synthetic_features(shape.vocab, steps * spec["batch_size"], seed=spec["index"])
     settings = replace(Settings(), epochs=1, batch_size=spec["batch_size"], micro_batch_size=spec["batch_size"],
@@ -227,8 +237,10 @@ def worker_main(spec_path: Path, out_path: Path) -> int:
 
 
 def packed_throughput(shape: ModelShape, packing: int, device: str, folder: Path, warm_steps: int = WARM_STEPS,
-                      timed_steps: int = TIMED_STEPS, batch_size: int = BATCH_SIZE) -> dict[str, Any]:
-    """Aggregate real tokens/s of `packing` concurrent fine-tuning processes on one device."""
+                      timed_steps: int = TIMED_STEPS, batch_size: int = BATCH_SIZE,
+                      source: Path | None = None) -> dict[str, Any]:
+    """Aggregate real tokens/s of `packing` concurrent fine-tuning processes on one device; `source`: a
+    model folder to load (its architecture must be `shape`'s), else `shape` with random weights."""
     import subprocess
 
     run_dir = folder / f"{shape.name}-x{packing}"
@@ -239,7 +251,7 @@ def packed_throughput(shape: ModelShape, packing: int, device: str, folder: Path
         spec_path, out_path = run_dir / f"spec-{index}.json", run_dir / f"out-{index}.json"
         write_json_atomic({"shape": shape.__dict__, "device": device, "index": index, "packing": packing,
                            "warm_steps": warm_steps, "timed_steps": timed_steps, "batch_size": batch_size,
-                           "barrier_dir": str(barrier)}, spec_path)
+                           "barrier_dir": str(barrier), "source": str(source) if source else None}, spec_path)
         command = [sys.executable, "-m", "benchmarks.gpu_throughput", "worker", str(spec_path), str(out_path)]
         # on CPU (tests) the packed workers share the cores: one thread each
         env = {**os.environ, "OMP_NUM_THREADS": "1"} if device == "cpu" else None
@@ -260,8 +272,10 @@ def packed_throughput(shape: ModelShape, packing: int, device: str, folder: Path
 
 
 def measure_models(shapes: Sequence[ModelShape], packings: Sequence[int], device: str, folder: Path,
-                   **step_sizes: int) -> dict[str, list[dict[str, Any]]]:
-    return {shape.name: [packed_throughput(shape, k, device, folder, **step_sizes) for k in packings]
+                   sources: Mapping[str, Path] | None = None, **step_sizes: int) -> dict[str, list[dict[str, Any]]]:
+    sources = sources or {}
+    return {shape.name: [packed_throughput(shape, k, device, folder, source=sources.get(shape.name), **step_sizes)
+                         for k in packings]
             for shape in shapes}
 
 
@@ -269,8 +283,10 @@ def best_rates(measured: Mapping[str, list[dict[str, Any]]]) -> dict[str, float]
     return {name: max((r.get("tokens_per_second", 0.0) for r in runs), default=0.0) for name, runs in measured.items()}
 
 
-def summary_rows(measured: Mapping[str, list[dict[str, Any]]], estimate: Mapping[str, Any]) -> list[Row]:
+def summary_rows(measured: Mapping[str, list[dict[str, Any]]], estimate: Mapping[str, Any],
+                 weights: Mapping[str, str] | None = None) -> list[Row]:
     rows = []
+    weights = weights or {}
     for name, runs in measured.items():
         by_packing = {r["packing"]: r for r in runs}
         single = by_packing.get(1, {}).get("tokens_per_second")
@@ -279,7 +295,7 @@ def summary_rows(measured: Mapping[str, list[dict[str, Any]]], estimate: Mapping
         best = max((r.get("tokens_per_second", 0.0) for r in runs), default=0.0)
         rows.append(Row(f"5. {name} tok/s (best packing / 1 per GPU)", f"{best:,.0f} tok/s",
                         f"{single:,.0f} tok/s" if single else "-", best / single if single else None, "info", None,
-                        "bf16, batch 32, limit 128; " + ", ".join(packed)))
+                        f"bf16, batch 32, limit 128, {weights.get(name, 'random weights')}; " + ", ".join(packed)))
     for which, values in estimate.items():
         rows.append(Row(f"5. {which} estimated GPU-hours", f"{values['total']:.1f} h",
                         f"paper: {PAPER_BUDGET_HOURS.get(which, '?')} h", None, "info", None,
@@ -294,13 +310,20 @@ def run(context: Context) -> Section:
         return Section(NAME, [Row("5. GPU throughput and full-grid GPU-hours", SKIPPED, "-", None, "-", None)],
                        status=SKIPPED, details={"grid_training_token_equivalents": grid_tokens()})
     folder = context.scratch("gpu")
-    shapes = list(PAPER_SHAPES.values())
+    shapes = [E5_SMALL_SHAPE, *PAPER_SHAPES.values()]
+    # e5-small's own weights where its folder is on this machine (a GPU node that reaches no network
+    # may hold none: then its architecture, whose throughput is the same)
+    e5_folder = context.e5_path if (context.e5_path / "config.json").is_file() else None
+    sources = {E5_SMALL_SHAPE.name: e5_folder} if e5_folder else {}
+    weights = {E5_SMALL_SHAPE.name: f"weights of {e5_folder}" if e5_folder else "e5-small's architecture, random weights"}
     step_sizes = {"warm_steps": 1, "timed_steps": 2} if context.smoke else {}
     packings = (1,) if context.smoke else PACKINGS
-    measured = measure_models(shapes, packings, "cuda", folder, **step_sizes)
-    estimate = grid_hours(best_rates(measured))
-    return Section(NAME, summary_rows(measured, estimate),
+    measured = measure_models(shapes, packings, "cuda", folder, sources, **step_sizes)
+    paper_rates = {name: rate for name, rate in best_rates(measured).items() if name in PAPER_SHAPES}
+    estimate = grid_hours(paper_rates)
+    return Section(NAME, summary_rows(measured, estimate, weights),
                    details={"device": torch.cuda.get_device_name(0), "measured": measured, "estimate": estimate,
+                            "weights": weights,
                             "paper_budget_hours": PAPER_BUDGET_HOURS, "grid_training_token_equivalents": grid_tokens()})
 
 

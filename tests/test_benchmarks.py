@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from benchmarks.__main__ import BENCHMARK_NAMES, TABLE_COLUMNS, main, select
+from benchmarks.__main__ import BENCHMARK_NAMES, INPUTS, TABLE_COLUMNS, main, select
 from benchmarks.alignment_speed import per_query_loop_accuracy
 from benchmarks.corpus_memory import TARGET_LINES, rows as corpus_memory_rows, write_corpus
 from benchmarks.sweep_overhead import overhead_breakdown
@@ -134,6 +134,44 @@ def test_gpu_code_path_runs_packed_workers_on_cpu(tmp_path):
         assert 2 * 4 * 4 <= worker["tokens"] <= 2 * 4 * 128
         assert worker["end"] >= worker["start"]
     assert result["tokens_per_second"] > 0
+
+
+def test_gpu_worker_loads_the_model_folder_it_is_given(tmp_path, toy_assets):
+    """e5-small's rows load its folder where one is there: the worker builds the model from `source`."""
+    from transformers import AutoConfig
+
+    from benchmarks.gpu_throughput import ModelShape, packed_throughput
+
+    model_dir = toy_assets[1]
+    config = AutoConfig.from_pretrained(model_dir)
+    shape = ModelShape("toy-bert", "bert", config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                       config.intermediate_size, config.vocab_size)
+    steps = dict(warm_steps=1, timed_steps=2, batch_size=4)
+    loaded = packed_throughput(shape, packing=1, device="cpu", folder=tmp_path / "a", source=model_dir, **steps)
+    assert "error" not in loaded, loaded
+    assert loaded["tokens_per_second"] > 0
+    missing = packed_throughput(shape, packing=1, device="cpu", folder=tmp_path / "b", source=tmp_path / "absent",
+                                **steps)
+    assert "error" in missing  # the folder is read, not ignored
+
+
+def test_only_the_inputs_of_the_chosen_benchmarks_are_required(tmp_path, monkeypatch, capsys):
+    """The GPU section reads neither e5-small nor ../shared/data, so a GPU node holding only the
+    project runs it; the others still refuse to start without theirs."""
+    import torch
+
+    assert set(INPUTS) == set(BENCHMARK_NAMES)
+    monkeypatch.setenv("E5_SMALL_PATH", str(tmp_path / "no-model"))
+    monkeypatch.setenv("SWEEP_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the section's CPU path: skipped
+    assert main(["--only", "gpu", "--out", str(tmp_path / "gpu.json")]) == 0
+    assert "skipped: no GPU" in capsys.readouterr().out
+    assert main(["--only", "finetune", "--out", str(tmp_path / "finetune.json")]) == 2
+    errors = capsys.readouterr().err
+    assert "model not found" in errors and "data not found" in errors
+    assert main(["--only", "corpus_memory", "--out", str(tmp_path / "memory.json")]) == 2
+    errors = capsys.readouterr().err
+    assert "data not found" in errors and "model not found" not in errors
 
 
 def test_paper_configs_and_full_grid_estimate():
