@@ -9,7 +9,8 @@ Benchmarks (registry BENCHMARKS): finetune (1), alignment (2), shared (3), sweep
 only), corpus_memory (6: peak memory of pair extraction, an absolute target; `--corpus-lines N`,
 default 1,000,000). `--smoke` runs them all on tiny slices with the toy BERT instead of e5-small
 (and 500 lines of the toy corpus for 6): only the table's structure means anything then. Inputs: e5-small at $E5_SMALL_PATH (default
-~/.cache/offline-models/multilingual-e5-small), data at $SWEEP_DATA_DIR (default ../shared/data).
+~/.cache/offline-models/multilingual-e5-small), data at $SWEEP_DATA_DIR (default ../shared/data); each
+benchmark requires only its own (`INPUTS`: gpu needs neither).
 """
 from __future__ import annotations
 

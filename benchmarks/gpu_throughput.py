@@ -9,8 +9,7 @@ then the four paper architectures built from hand-written configs with random we
 access is needed, and throughput does not depend on the weights' values): DistilBERT 6 layers x
 768 (vocab 119,547), mBERT 12 x 768 (vocab 119,547), XLM-R base 12 x 768 (vocab 250,002), XLM-R
 large 24 x 1024 (vocab 250,002), each with a 17-label token-classification head. The GPU-hours
-come from the paper architectures' rates; e5-small's are for the record (and a check that a real
-checkpoint runs as fast as its random twin).
+come from the paper architectures' rates; e5-small's are for the record.
 
 Throughput: `trainables.finetuning.fine_tune` with bf16 autocast, batch 32, sequence limit 128,
 on synthetic examples whose lengths follow a seeded log-normal (mean about 30 subwords, the range
@@ -315,7 +314,8 @@ def run(context: Context) -> Section:
     # may hold none: then its architecture, whose throughput is the same)
     e5_folder = context.e5_path if (context.e5_path / "config.json").is_file() else None
     sources = {E5_SMALL_SHAPE.name: e5_folder} if e5_folder else {}
-    weights = {E5_SMALL_SHAPE.name: f"weights of {e5_folder}" if e5_folder else "e5-small's architecture, random weights"}
+    weights = {E5_SMALL_SHAPE.name: f"weights of {e5_folder}" if e5_folder else
+               "e5-small's architecture, random weights"}
     step_sizes = {"warm_steps": 1, "timed_steps": 2} if context.smoke else {}
     packings = (1,) if context.smoke else PACKINGS
     measured = measure_models(shapes, packings, "cuda", folder, sources, **step_sizes)
