@@ -320,11 +320,15 @@ def test_node_lost_mid_sweep_loses_no_trial_and_cache_entries_are_published_once
     checkpoint. The three trials loaded the same shared inputs at once, on three nodes."""
     cluster, _ = gpu_cluster
     data, model = toy_assets
-    long_epochs = 12  # time to remove a node between a long trial's first checkpoint and its end
+    # Time to remove a node between a long trial's first checkpoint and its end, after the short
+    # trial finished: the long trials' fine-tuning must outlast the skew between the trials' starts
+    # (seconds: workers start and wait for the shared cache at different moments). 12 epochs of 64
+    # examples took 2 s once, as long as that skew, and the sweep ended before a node was removed.
+    long_epochs = 40
     experiment = sweep_experiment("lose-a-node", model, cpu=NODE_CPUS, gpu=0.5,
                                   grids=[dict(seed=[0], settings=dict(epochs=1)),
                                          dict(seed=[1, 2], settings=dict(epochs=long_epochs))],
-                                  settings=toy_settings(data, train_subset=64))
+                                  settings=toy_settings(data, train_subset=128))
     storage = tmp_path / "results"
     run_dir = storage / "lose-a-node"
     renames = RenameCounter([storage / CACHE_FOLDER / kind for kind in CACHE_KINDS])
