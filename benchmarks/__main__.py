@@ -10,7 +10,7 @@ only), corpus_memory (6: peak memory of pair extraction, an absolute target; `--
 default 1,000,000). `--smoke` runs them all on tiny slices with the toy BERT instead of e5-small
 (and 500 lines of the toy corpus for 6): only the table's structure means anything then. Inputs: e5-small at $E5_SMALL_PATH (default
 ~/.cache/offline-models/multilingual-e5-small), data at $SWEEP_DATA_DIR (default ../shared/data); each
-benchmark requires only its own (`INPUTS`: gpu needs neither).
+benchmark requires only its own (each module's `INPUTS`: gpu needs neither).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from benchmarks.common import (
     JSON_FORMAT_VERSION,
@@ -49,7 +49,7 @@ DEFAULT_THREADS = 1
 TABLE_WIDTH = 150  # characters; wider terminals use their width
 
 
-def _registry(corpus_lines: int | None = None) -> dict[str, Callable[[Context], Section]]:
+def _modules() -> list[Any]:
     from benchmarks import (
         alignment_speed,
         corpus_memory,
@@ -58,6 +58,18 @@ def _registry(corpus_lines: int | None = None) -> dict[str, Callable[[Context], 
         shared_work,
         sweep_overhead,
     )
+
+    return [finetune_throughput, alignment_speed, shared_work, sweep_overhead, gpu_throughput, corpus_memory]
+
+
+def inputs_of(names: Collection[str]) -> set[str]:
+    """What the benchmarks `names` read, from each module's INPUTS ("model": e5-small, "data":
+    ../shared/data)."""
+    return {need for module in _modules() if module.NAME in names for need in module.INPUTS}
+
+
+def _registry(corpus_lines: int | None = None) -> dict[str, Callable[[Context], Section]]:
+    finetune_throughput, alignment_speed, shared_work, sweep_overhead, gpu_throughput, corpus_memory = _modules()
 
     return {
         finetune_throughput.NAME: finetune_throughput.run,
@@ -70,10 +82,6 @@ def _registry(corpus_lines: int | None = None) -> dict[str, Callable[[Context], 
 
 
 BENCHMARK_NAMES = ("finetune", "alignment", "shared", "sweep", "gpu", "corpus_memory")
-# What each benchmark reads: e5-small ("model") and ../shared/data ("data"). The GPU section reads
-# neither (e5-small only if present), so it runs on a GPU node that holds just the project.
-INPUTS = {"finetune": ("model", "data"), "alignment": ("model", "data"), "shared": ("model", "data"),
-          "sweep": ("model", "data"), "gpu": (), "corpus_memory": ("data",)}
 
 
 def select(names: Sequence[str]) -> list[str]:
@@ -203,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = dataclasses.replace(default_context(args.smoke, work_dir), threads=args.threads)
         if args.smoke:
             context = smoke_model(context)
-        problems = check_inputs(context, {need for name in names for need in INPUTS[name]})
+        problems = check_inputs(context, inputs_of(names))
         if problems:
             for line in problems:
                 print(f"error: {line}", file=sys.stderr)

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 from benchmarks.common import Context, Row, Section, fmt_seconds
 
 NAME = "alignment"
+INPUTS = ("model", "data")  # e5-small and ../shared/data (benchmarks.common.check_inputs)
 TARGET_OVERHEAD = 1.25  # the target: total time <= 1.25 x the forward passes alone
 LANGS = ("ar", "es", "fr", "ru", "zh")
 PAIR_SOURCE = "dico"

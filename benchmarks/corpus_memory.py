@@ -30,6 +30,7 @@ from trainables.settings import FASTALIGN_BACKENDS
 from benchmarks.common import DEFAULT_DATA_DIR, PROJECT_ROOT, Context, Row, Section, machine_info, write_json_atomic
 
 NAME = "corpus_memory"
+INPUTS = ("data",)  # ../shared/data's text (benchmarks.common.check_inputs)
 TARGET_BYTES = 4 * 1024**3
 TARGET_LINES = 1_000_000  # pairs a language the reference samples (realignment_with_multi_un.sh: reservoir, 1M)
 TARGET_TEXT = "< 4 GB at 1M lines"

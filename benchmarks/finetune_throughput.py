@@ -69,6 +69,7 @@ from benchmarks.common import (
 )
 
 NAME = "finetune"
+INPUTS = ("model", "data")  # e5-small and ../shared/data (benchmarks.common.check_inputs)
 TARGET_SPEEDUP = 1.2  # ours / length-grouped, dynamically padded Trainer, tokens per second
 TASK = "udpos"
 SEED = 0

@@ -39,6 +39,8 @@ from typing import Any, Mapping, Sequence
 from benchmarks.common import PROJECT_ROOT, Context, Row, Section, read_json, write_json_atomic
 
 NAME = "gpu"
+# Reads neither e5-small (only if present) nor ../shared/data: runs on a GPU node holding just the project.
+INPUTS: tuple[str, ...] = ()
 SKIPPED = "skipped: no GPU"
 PACKINGS = (1, 2, 4)
 NUM_LABELS = 17  # UPOS

@@ -34,6 +34,7 @@ from typing import Any, Mapping
 from benchmarks.common import Context, Row, Section, fmt_seconds, read_json, run_python_module, write_json_atomic
 
 NAME = "sweep"
+INPUTS = ("model", "data")  # e5-small and ../shared/data (benchmarks.common.check_inputs)
 TARGET_RATIO = 1.0  # target: engine wall time <= 1.0 x the plain loop, overhead included
 TIMINGS_ENV = "BENCH_SWEEP_TIMINGS_DIR"  # where the engine's wrapped trainable writes per-trial timings
 ENGINE_CPUS = 2
