@@ -69,16 +69,9 @@ def inputs_of(names: Collection[str]) -> set[str]:
 
 
 def _registry(corpus_lines: int | None = None) -> dict[str, Callable[[Context], Section]]:
-    finetune_throughput, alignment_speed, shared_work, sweep_overhead, gpu_throughput, corpus_memory = _modules()
-
-    return {
-        finetune_throughput.NAME: finetune_throughput.run,
-        alignment_speed.NAME: alignment_speed.run,
-        shared_work.NAME: shared_work.run,
-        sweep_overhead.NAME: sweep_overhead.run,
-        gpu_throughput.NAME: gpu_throughput.run,
-        corpus_memory.NAME: functools.partial(corpus_memory.run, lines=corpus_lines),
-    }
+    registry = {module.NAME: module.run for module in _modules()}
+    registry["corpus_memory"] = functools.partial(registry["corpus_memory"], lines=corpus_lines)
+    return registry
 
 
 BENCHMARK_NAMES = ("finetune", "alignment", "shared", "sweep", "gpu", "corpus_memory")

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from benchmarks.__main__ import BENCHMARK_NAMES, TABLE_COLUMNS, inputs_of, main, select
+from benchmarks.__main__ import BENCHMARK_NAMES, TABLE_COLUMNS, _registry, inputs_of, main, select
 from benchmarks.alignment_speed import per_query_loop_accuracy
 from benchmarks.corpus_memory import TARGET_LINES, rows as corpus_memory_rows, write_corpus
 from benchmarks.sweep_overhead import overhead_breakdown
@@ -161,6 +161,7 @@ def test_only_the_inputs_of_the_chosen_benchmarks_are_required(tmp_path, monkeyp
     import torch
 
     assert inputs_of(["gpu"]) == set() and inputs_of(BENCHMARK_NAMES) == {"model", "data"}
+    assert list(_registry()) == list(BENCHMARK_NAMES)  # the modules' own NAMEs, in the CLI's order
     monkeypatch.setenv("E5_SMALL_PATH", str(tmp_path / "no-model"))
     monkeypatch.setenv("SWEEP_DATA_DIR", str(tmp_path / "no-data"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the section's CPU path: skipped
